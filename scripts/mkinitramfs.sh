@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Pack busybox, the built selftests and our VM-side scripts into an initramfs.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+usage() {
+	cat <<USAGE
+Usage: ${0##*/} [--help]
+
+Write build/initramfs.cpio.gz: busybox-static, scripts/vm/ (init and the
+test runner), tests/*.list, the KVM selftest binaries of
+build/kselftest/kvm/ and the shared libraries that ldd lists for them.
+scripts/boot.sh appends the command to run as a second archive.
+USAGE
+}
+
+case "${1:-}" in
+-h | --help) usage; exit 0 ;;
+"") ;;
+*) usage >&2; exit 2 ;;
+esac
+
+kst="$BUILD/kselftest/kvm"
+[ -d "$kst" ] || die "no $kst: run scripts/build-selftests.sh"
+busybox=$(command -v busybox) || die "busybox missing: run scripts/install-deps.sh"
+file -L "$busybox" | grep -q 'statically linked' || die "$busybox is not static (install busybox-static)"
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,lazy/x86_64}
+cp "$busybox" "$root/bin/busybox"
+cp "$TOP/scripts/vm/init" "$root/init"
+cp "$TOP"/scripts/vm/*.sh "$root/lazy/"
+cp "$TOP"/tests/*.list "$root/lazy/"
+chmod +x "$root/init" "$root"/lazy/*.sh
+
+bins=()
+while IFS= read -r f; do
+	rel=${f#"$kst"/}
+	cp "$f" "$root/lazy/$rel"
+	bins+=("$f")
+done < <(find "$kst" -maxdepth 2 -type f -perm -u+x ! -name '*.o' ! -name '*.sh')
+[ "${#bins[@]}" -gt 0 ] || die "no selftest binaries in $kst"
+
+# The libraries the binaries need, at the paths the loader looks for them.
+ldd "${bins[@]}" 2>/dev/null | grep -oE '/[^ ]+\.so[^ ]*' | sort -u | while read -r lib; do
+	mkdir -p "$root$(dirname "$lib")"
+	cp -L "$lib" "$root$lib"
+done
+[ -e "$root/lib64" ] || ln -s lib "$root/lib64" 2>/dev/null || true
+
+(cd "$root" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) | gzip -1 >"$BUILD/initramfs.cpio.gz"
+log "initramfs: ${#bins[@]} binaries, $(du -h "$BUILD/initramfs.cpio.gz" | cut -f1)"
+echo "$BUILD/initramfs.cpio.gz"

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Copy this repository's selftests into linux/ and fold them into the series.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+SUBJECT="KVM: selftests: Add lazy huge page collapse tests"
+MSG="$TOP/scripts/selftests-commit.txt"
+KSFT=tools/testing/selftests/kvm
+
+usage() {
+	cat <<USAGE
+Usage: ${0##*/} [--help]
+
+The selftests live in this repository at $KSFT/ (one source of
+truth). Copy them into linux/$KSFT/, register every
+x86_64/*.c test program in linux/$KSFT/Makefile
+(TEST_GEN_PROGS_x86_64, alphabetical, as upstream would post it), and
+record the result in linux/ as the commit
+  "$SUBJECT"
+(created at the end of the series the first time, amended or fixed up and
+autosquashed in place afterwards). Does nothing when linux/ already agrees.
+USAGE
+}
+
+case "${1:-}" in
+-h | --help) usage; exit 0 ;;
+"") ;;
+*) usage >&2; exit 2 ;;
+esac
+
+[ -d "$LINUX/.git" ] || die "no linux/: run scripts/prepare.sh"
+[ -d "$TOP/$KSFT" ] || exit 0
+
+cd "$TOP/$KSFT"
+files=$(find . -type f ! -name '.*' | sed 's|^\./||' | sort)
+[ -n "$files" ] || exit 0
+for f in $files; do
+	mkdir -p "$LINUX/$KSFT/$(dirname "$f")"
+	cmp -s "$f" "$LINUX/$KSFT/$f" || cp "$f" "$LINUX/$KSFT/$f"
+done
+
+# Register each test program of ours, keeping the list sorted the way
+# upstream keeps it: insert before the first entry that sorts after it.
+mk="$LINUX/$KSFT/Makefile"
+for f in $files; do
+	case "$f" in x86_64/*.c) ;; *) continue ;; esac
+	prog=${f%.c}
+	grep -q "^TEST_GEN_PROGS_x86_64 += $prog\$" "$mk" && continue
+	awk -v prog="$prog" '
+		!done && /^TEST_GEN_PROGS_x86_64 \+= x86_64\// && $3 > prog {
+			print "TEST_GEN_PROGS_x86_64 += " prog; done = 1
+		}
+		{ print }
+		END { if (!done) exit 1 }' "$mk" >"$mk.new" || die "cannot register $prog"
+	mv "$mk.new" "$mk"
+done
+
+cd "$LINUX"
+# -f: Debian's top-level .gitignore ignores everything.
+for f in $files; do git add -f "$KSFT/$f"; done
+git add -f "$KSFT/Makefile"
+git diff --cached --quiet && exit 0
+
+sha=$(git log --format=%H --fixed-strings --grep="$SUBJECT" "$BASE_TAG"..HEAD | head -n1)
+if [ -z "$sha" ]; then
+	git commit -q -s -F "$MSG"
+	log "linux/: added '$SUBJECT'"
+elif [ "$sha" = "$(git rev-parse HEAD)" ]; then
+	git commit -q --amend --no-edit
+	log "linux/: amended '$SUBJECT'"
+else
+	git commit -q --fixup="$sha"
+	GIT_SEQUENCE_EDITOR=: git rebase -q -i --autosquash "$sha^"
+	log "linux/: folded the selftests into '$SUBJECT'"
+fi

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The test command: build everything, boot, run all suites, count results.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+ALL_STAGES="series tdp shadow debug"
+
+usage() {
+	cat <<USAGE
+Usage: ${0##*/} [--stage NAME]... [--modes "MODES"] [--filter REGEX] [--help]
+
+Install missing dependencies, prepare linux/ (scripts/prepare.sh), then run
+the stages (default: all of: $ALL_STAGES):
+  series  checkpatch, patches/ == linux/, every patch builds (check-series.sh)
+  tdp     test kernel, TDP MMU: tests/upstream.list and
+          tests/lazy_collapse.list in every collapse mode
+  shadow  test kernel booted with kvm.tdp_mmu=N (shadow MMU, rmap walk):
+          tests/lazy_collapse.list in every collapse mode
+  debug   debug kernel (KASAN, lockdep, ...): tests/lazy_collapse.list and
+          the dirty logging tests of tests/upstream.list, in every mode
+Every test is a KTAP result; each boot adds one more: the VM exited by
+itself with no kernel splat in its console log. With CI=true a SKIP of one
+of our tests (lazy_collapse_*) counts as a failure.
+  --modes   collapse modes to run (default: "sync deferred ondemand")
+  --filter  only the tests whose name matches this grep -E regex
+Logs and results go to out/test-<time>/ (out/latest links to it). The last
+line is "N passed, N failed, N skipped"; the exit status is 0 only if no
+test failed.
+USAGE
+}
+
+stages=() modes="sync deferred ondemand" filter=""
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--stage) stages+=("${2:?}"); shift ;;
+	--modes) modes=${2:?}; shift ;;
+	--filter) filter=${2:?}; shift ;;
+	-h | --help) usage; exit 0 ;;
+	*) usage >&2; exit 2 ;;
+	esac
+	shift
+done
+[ "${#stages[@]}" -gt 0 ] || read -r -a stages <<<"$ALL_STAGES"
+
+res="$OUT/test-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$res"
+ln -sfn "$res" "$OUT/latest"
+results="$res/results.ktap"
+: >"$results"
+start=$(date +%s)
+
+# Record one KTAP line per result: status (ok/not ok/skip), name.
+record() {
+	case "$1" in
+	ok) echo "ok - $2" ;;
+	skip) echo "ok - $2 # SKIP" ;;
+	*) echo "not ok - $2" ;;
+	esac >>"$results"
+}
+
+# Fold the top-level KTAP results of a log into the results.
+collect() { # log prefix
+	local line name
+	while IFS= read -r line; do
+		case "$line" in
+		"ok "*" # SKIP"*)
+			name=${line#ok * }; name=${name%% # SKIP*}
+			if [ "${CI:-}" = true ] && [[ $name == lazy_collapse* ]]; then
+				record fail "$2$name (skipped in CI)"
+			else
+				record skip "$2$name"
+			fi ;;
+		"ok "*) name=${line#ok * }; record ok "$2$name" ;;
+		"not ok "*) name=${line#not ok * }; record fail "$2$name" ;;
+		esac
+	done < <(grep -E '^(not )?ok [0-9]+ ' "$1" || true)
+}
+
+stage_time() {
+	echo "# stage $1: $(( $(date +%s) - $2 )) s" | tee -a "$results"
+}
+
+# Boot one kernel and run lists of tests in it.
+boot_stage() { # name config append runner-args...
+	local name=$1 cfg=$2 append=$3 t0
+	shift 3
+	t0=$(date +%s)
+	local args=(--config "$cfg" --logdir "$res/$name")
+	[ -z "$append" ] || args+=(--append "$append")
+	local run="./run-tests.sh -m \"$modes\""
+	[ -z "$filter" ] || run+=" -f \"$filter\""
+	log "stage $name: booting $cfg kernel ${append:+($append) }for $*"
+	if "$TOP/scripts/boot.sh" "${args[@]}" -- "$run $*" >"$res/$name.log" 2>&1; then
+		record ok "$name: VM exited cleanly, no kernel splat"
+	else
+		grep -E 'boot.sh:' "$res/$name.log" >&2 || true
+		# A failure of the command itself is counted by its own results.
+		if grep -q 'command exited' "$res/$name.log" &&
+			! grep -qE 'kernel splat|no exit status' "$res/$name.log"; then
+			record ok "$name: VM exited cleanly, no kernel splat"
+		else
+			record fail "$name: VM exited cleanly, no kernel splat"
+		fi
+	fi
+	collect "$res/$name/output.log" "$name: "
+	stage_time "$name" "$t0"
+}
+
+if [ "$(id -u)" = 0 ]; then
+	"$TOP/scripts/install-deps.sh"
+fi
+"$TOP/scripts/prepare.sh" | tee "$res/source-version"
+
+for s in "${stages[@]}"; do
+	case "$s" in
+	series)
+		t0=$(date +%s)
+		"$TOP/scripts/check-series.sh" >"$res/series.log" 2>&1 || true
+		cat "$res/series.log"
+		collect "$res/series.log" "series: "
+		stage_time series "$t0"
+		;;
+	tdp | shadow)
+		"$TOP/scripts/build-kernel.sh" --config test
+		"$TOP/scripts/build-selftests.sh"
+		"$TOP/scripts/mkinitramfs.sh"
+		if [ "$s" = tdp ]; then
+			boot_stage tdp test "" upstream.list lazy_collapse.list
+		else
+			boot_stage shadow test "kvm.tdp_mmu=N" lazy_collapse.list
+		fi
+		;;
+	debug)
+		"$TOP/scripts/build-kernel.sh" --config debug
+		"$TOP/scripts/build-selftests.sh"
+		"$TOP/scripts/mkinitramfs.sh"
+		boot_stage debug debug "" lazy_collapse.list debug-upstream.list
+		;;
+	*) die "unknown stage $s" ;;
+	esac
+done
+
+pass=$(grep -E '^ok ' "$results" | grep -vc '# SKIP$' || true)
+skip=$(grep -cE '^ok .*# SKIP$' "$results" || true)
+failn=$(grep -c '^not ok ' "$results" || true)
+echo "# results: $results; total time $(( $(date +%s) - start )) s"
+grep '^not ok' "$results" || true
+echo "$pass passed, $failn failed, $skip skipped"
+[ "$failn" = 0 ]
