@@ -42,7 +42,7 @@ if [ "$n" -gt 0 ]; then
 	# the commits were applied, so that an unchanged series exports
 	# byte-for-byte the same.
 	GIT_COMMITTER_DATE="2000-01-01T00:00:00Z" \
-		git format-patch -q --zero-commit --base="$BASE_TAG" "${cover[@]}" \
+		git -c core.abbrev=12 format-patch -q --zero-commit --base="$BASE_TAG" "${cover[@]}" \
 		--subject-prefix=PATCH -o "$tmp" "$BASE_TAG"..HEAD
 	if [ -f "$tmp/0000-cover-letter.patch" ]; then
 		sed -i -e '/^Date: /d' -e "s|^base-commit: .*|Base: $(git log -1 --format=%s "$BASE_TAG")\n&|" \
