@@ -57,6 +57,7 @@ static uint64_t test_size = 1ULL << 30;
 static uint64_t race_size = 64ULL << 20;
 static int nr_vcpus = 2;
 static int iterations = 20;
+static const char *restore_batch;
 static unsigned int seed;
 static enum vm_mem_backing_src_type backing = VM_MEM_SRC_ANONYMOUS_THP;
 
@@ -253,6 +254,14 @@ static int vm_mode(struct kvm_vm *vm)
 	return -1;
 }
 
+static unsigned int vm_batch(struct kvm_vm *vm)
+{
+	char buf[32];
+
+	read_file(vm_file(vm, "collapse_batch"), buf, sizeof(buf));
+	return atoi(buf);
+}
+
 #define STAT(t, name)	vm_get_stat((t)->vm, name)
 
 /* Wait up to @secs for the pending collapses to be done. */
@@ -356,6 +365,8 @@ static void test_restore(void)
 	uint64_t before, split, after, sptes;
 
 	vm_set(t->vm, "collapse_delay_ms", "3000");
+	if (restore_batch)
+		vm_set(t->vm, "collapse_batch", restore_batch);
 	pass(t, 1, true);
 	before = STAT(t, "pages_2m") + STAT(t, "pages_1g");
 	/* Without huge pages to start with, nothing here would be tested. */
@@ -405,7 +416,9 @@ static void test_restore(void)
 	after = STAT(t, "pages_2m") + STAT(t, "pages_1g");
 	ksft_print_msg("restore [%s]: huge pages %lu before logging, %lu logging, %lu after\n",
 		       mode_names[mode], before, split, after);
-	ksft_print_msg("restore [%s]: %lu SPTEs zapped\n", mode_names[mode], sptes);
+	ksft_print_msg("restore [%s]: %lu SPTEs zapped in %lu us, batch %u, longest hold %lu us\n",
+		       mode_names[mode], sptes, STAT(t, "collapse_time_ns") / 1000,
+		       vm_batch(t->vm), STAT(t, "collapse_max_hold_ns") / 1000);
 	TEST_ASSERT(after >= before,
 		    "%s: only %lu huge pages back, %lu before logging",
 		    mode_names[mode], after, before);
@@ -755,7 +768,7 @@ static void help(const char *name)
 {
 	puts("");
 	printf("usage: %s [-h] [-t subtest] [-b size] [-r size] [-s backing]\n"
-	       "          [-v vcpus] [-i iterations] [-S seed]\n", name);
+	       "          [-v vcpus] [-i iterations] [-S seed] [-B batch]\n", name);
 	puts(" -t: run only this subtest (knobs, restore, stoptime, races,");
 	puts("     teardown); may be repeated. Default: all");
 	puts(" -b: size of the large slot of stoptime and restore (default 1G)");
@@ -764,6 +777,7 @@ static void help(const char *name)
 	puts(" -v: vCPUs touching memory (default 2)");
 	puts(" -i: iterations of races and teardown (default 20)");
 	puts(" -S: random seed (default: time)");
+	puts(" -B: collapse_batch of the restore VM (default: kvm.collapse_batch)");
 	puts("");
 	exit(0);
 }
@@ -774,7 +788,7 @@ int main(int argc, char *argv[])
 	int nr_only = 0, opt, i, j, n = 0;
 
 	seed = time(NULL);
-	while ((opt = getopt(argc, argv, "ht:b:r:s:v:i:S:")) != -1) {
+	while ((opt = getopt(argc, argv, "ht:b:r:s:v:i:S:B:")) != -1) {
 		switch (opt) {
 		case 't':
 			TEST_ASSERT(nr_only < ARRAY_SIZE(only), "Too many -t");
@@ -799,6 +813,9 @@ int main(int argc, char *argv[])
 			break;
 		case 'S':
 			seed = strtoul(optarg, NULL, 0);
+			break;
+		case 'B':
+			restore_batch = optarg;
 			break;
 		case 'h':
 		default:
