@@ -3,7 +3,8 @@
 # Runs inside the test VM (busybox sh). Usage:
 #   run-tests.sh [-m "MODES"] [-f FILTER] LIST...
 # Runs every test of the LIST files once per collapse mode and prints KTAP.
-# A LIST line is "NAME TIMEOUT COMMAND..." ('#' starts a comment). MODES
+# A LIST line is "NAME TIMEOUT COMMAND..." ('#' starts a comment); a NAME
+# of the form name@mode[,mode] runs only in those modes. MODES
 # defaults to "sync deferred ondemand" when the kernel has
 # kvm.collapse_mode, else "-" (an unmodified kernel: run once). FILTER is a
 # grep -E pattern on NAME. Exit status: 0 only if no test failed.
@@ -23,10 +24,23 @@ if [ -z "$modes" ]; then
 fi
 
 tests=$(cat "$@" | sed -e 's/#.*//' -e '/^[[:space:]]*$/d')
-[ -n "$filter" ] && tests=$(echo "$tests" | grep -E "^($filter)[[:space:]]")
+[ -n "$filter" ] && tests=$(echo "$tests" | grep -E "^($filter)(@[^[:space:]]*)?[[:space:]]")
+# The tests of one mode, names without their @modes.
+tests_for() {
+	echo "$tests" | while read -r name rest; do
+		case "$name" in
+		*@*)
+			case ",${name#*@}," in
+			*",$1,"*) echo "${name%%@*} $rest" ;;
+			esac ;;
+		*) echo "$name $rest" ;;
+		esac
+	done
+}
+
 n=0
 for m in $modes; do
-	n=$((n + $(echo "$tests" | grep -c .)))
+	n=$((n + $(tests_for "$m" | grep -c .)))
 done
 
 echo "KTAP version 1"
@@ -59,7 +73,7 @@ for m in $modes; do
 		*) echo "not ok $i $name$suffix"; failed=$((failed + 1)) ;;
 		esac
 	done <<-TESTS
-	$tests
+	$(tests_for "$m")
 	TESTS
 done
 [ "$failed" = 0 ]
