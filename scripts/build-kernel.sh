@@ -46,21 +46,26 @@ if ! cat "${frags[@]}" | cmp -s - "$stamp" || [ ! -f "$out/.config" ]; then
 	(cd "$out" && KCONFIG_CONFIG=.config \
 		"$LINUX/scripts/kconfig/merge_config.sh" -m -O "$out" .config "${frags[@]}" >/dev/null)
 	"${mk[@]}" olddefconfig >/dev/null
-	# Check that every setting of every fragment survived.
-	bad=0
+	# Check that every setting of the fragments survived; a later
+	# fragment overrides an earlier one, as in merge_config.sh.
+	declare -A wanted=()
 	while IFS= read -r line; do
 		case "$line" in
-		CONFIG_*=*) want=$line ;;
-		"# CONFIG_"*" is not set") want=$line ;;
+		CONFIG_*=*) opt=${line%%=*} ;;
+		"# CONFIG_"*" is not set") opt=${line#\# }; opt=${opt%% *} ;;
 		*) continue ;;
 		esac
-		opt=${want#\# }; opt=${opt%%[= ]*}
+		wanted[$opt]=$line
+	done < <(cat "${frags[@]}")
+	bad=0
+	for opt in "${!wanted[@]}"; do
+		want=${wanted[$opt]}
 		got=$(grep -E "^($opt=|# $opt is not set)" "$out/.config" || true)
 		if [ "$want" != "$got" ] && ! { [ -z "$got" ] && [ "${want#\# }" != "$want" ]; }; then
 			echo "config $cfg: wanted '$want', got '${got:-unset}'" >&2
 			bad=1
 		fi
-	done < <(cat "${frags[@]}")
+	done
 	[ "$bad" = 0 ] || die "fragment settings were dropped; fix configs/"
 	cat "${frags[@]}" >"$stamp"
 fi

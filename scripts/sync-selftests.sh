@@ -59,14 +59,26 @@ cd "$LINUX"
 # -f: Debian's top-level .gitignore ignores everything.
 for f in $files; do git add -f "$KSFT/$f"; done
 git add -f "$KSFT/Makefile"
-git diff --cached --quiet && exit 0
-
 sha=$(git log --format=%H --fixed-strings --grep="$SUBJECT" "$BASE_TAG"..HEAD | head -n1)
+# The message as scripts/selftests-commit.txt and 'git commit -s' make it.
+want_msg="$(git stripspace <"$MSG")
+
+Signed-off-by: $(git var GIT_COMMITTER_IDENT | sed 's/>.*/>/')"
+if git diff --cached --quiet; then
+	# Same files; only the message may have changed (at the top only).
+	if [ -n "$sha" ] && [ "$sha" = "$(git rev-parse HEAD)" ] &&
+		[ "$(git log -1 --format=%B HEAD | git stripspace)" != "$want_msg" ]; then
+		git commit -q --amend -s -F "$MSG"
+		log "linux/: reworded '$SUBJECT'"
+	fi
+	exit 0
+fi
+
 if [ -z "$sha" ]; then
 	git commit -q -s -F "$MSG"
 	log "linux/: added '$SUBJECT'"
 elif [ "$sha" = "$(git rev-parse HEAD)" ]; then
-	git commit -q --amend --no-edit
+	git commit -q --amend -s -F "$MSG"
 	log "linux/: amended '$SUBJECT'"
 else
 	git commit -q --fixup="$sha"

@@ -15,9 +15,9 @@ the stages (default: all of: $ALL_STAGES):
   tdp     test kernel, TDP MMU: tests/upstream.list and
           tests/lazy_collapse.list in every collapse mode
   shadow  test kernel booted with kvm.tdp_mmu=N (shadow MMU, rmap walk):
-          tests/lazy_collapse.list in every collapse mode
-  debug   debug kernel (KASAN, lockdep, ...): tests/lazy_collapse.list and
-          the dirty logging tests of tests/upstream.list, in every mode
+          tests/lazy_collapse_shadow.list in every collapse mode
+  debug   debug kernel (KASAN, lockdep, ...): tests/lazy_collapse_debug.list
+          in every mode, tests/debug-upstream.list
 Every test is a KTAP result; each boot adds one more: the VM exited by
 itself with no kernel splat in its console log. With CI=true a SKIP of one
 of our tests (lazy_collapse_*) counts as a failure.
@@ -106,10 +106,45 @@ boot_stage() { # name config append runner-args...
 	stage_time "$name" "$t0"
 }
 
+# Build a kernel, the selftests and the initramfs; a failure is a result.
+build_all() { # config stage
+	local t0
+	t0=$(date +%s)
+	if "$TOP/scripts/build-kernel.sh" --config "$1" >"$res/build-$1.log" 2>&1 &&
+		"$TOP/scripts/build-selftests.sh" >>"$res/build-$1.log" 2>&1 &&
+		"$TOP/scripts/mkinitramfs.sh" >>"$res/build-$1.log" 2>&1; then
+		record ok "$2: build $1 kernel, selftests, initramfs"
+		stage_time "build for $2" "$t0"
+	else
+		tail -n 30 "$res/build-$1.log" >&2
+		record fail "$2: build $1 kernel, selftests, initramfs"
+		return 1
+	fi
+}
+
 if [ "$(id -u)" = 0 ]; then
 	"$TOP/scripts/install-deps.sh"
 fi
-"$TOP/scripts/prepare.sh" | tee "$res/source-version"
+summary() {
+	local pass skip failn
+	pass=$(grep -E '^ok ' "$results" | grep -vc '# SKIP$' || true)
+	skip=$(grep -cE '^ok .*# SKIP$' "$results" || true)
+	failn=$(grep -c '^not ok ' "$results" || true)
+	echo "# results: $results; total time $(( $(date +%s) - start )) s"
+	grep '^not ok' "$results" || true
+	echo "$pass passed, $failn failed, $skip skipped"
+	[ "$failn" = 0 ]
+}
+
+if "$TOP/scripts/prepare.sh" >"$res/prepare.log" 2>&1; then
+	tail -n 1 "$res/prepare.log" | tee "$res/source-version"
+	record ok "prepare: linux/ holds patches/series"
+else
+	cat "$res/prepare.log" >&2
+	record fail "prepare: linux/ holds patches/series"
+	summary
+	exit 1
+fi
 
 for s in "${stages[@]}"; do
 	case "$s" in
@@ -121,29 +156,19 @@ for s in "${stages[@]}"; do
 		stage_time series "$t0"
 		;;
 	tdp | shadow)
-		"$TOP/scripts/build-kernel.sh" --config test
-		"$TOP/scripts/build-selftests.sh"
-		"$TOP/scripts/mkinitramfs.sh"
+		build_all test "$s" || continue
 		if [ "$s" = tdp ]; then
 			boot_stage tdp test "" upstream.list lazy_collapse.list
 		else
-			boot_stage shadow test "kvm.tdp_mmu=N" lazy_collapse.list
+			boot_stage shadow test "kvm.tdp_mmu=N" lazy_collapse_shadow.list
 		fi
 		;;
 	debug)
-		"$TOP/scripts/build-kernel.sh" --config debug
-		"$TOP/scripts/build-selftests.sh"
-		"$TOP/scripts/mkinitramfs.sh"
-		boot_stage debug debug "" lazy_collapse.list debug-upstream.list
+		build_all debug debug || continue
+		boot_stage debug debug "" lazy_collapse_debug.list debug-upstream.list
 		;;
 	*) die "unknown stage $s" ;;
 	esac
 done
 
-pass=$(grep -E '^ok ' "$results" | grep -vc '# SKIP$' || true)
-skip=$(grep -cE '^ok .*# SKIP$' "$results" || true)
-failn=$(grep -c '^not ok ' "$results" || true)
-echo "# results: $results; total time $(( $(date +%s) - start )) s"
-grep '^not ok' "$results" || true
-echo "$pass passed, $failn failed, $skip skipped"
-[ "$failn" = 0 ]
+summary
