@@ -49,7 +49,9 @@ while [ $# -gt 0 ]; do
 done
 
 # Kernel splats: any of these in the console log fails the run.
-SPLAT='(^|[^A-Za-z])(BUG:|WARNING:|Oops|general protection fault|Kernel panic|KASAN|UBSAN|kernel BUG|possible circular locking|possible recursive locking|inconsistent lock state|suspicious RCU usage|lockdep|INFO: task .* blocked for more than|soft lockup|hard LOCKUP|rcu_.*detected stalls|self-detected stall|Call Trace:|list_add corruption|list_del corruption|ODEBUG)'
+# Lockdep reports are matched by their titles (most also start with
+# WARNING:), not by the word lockdep, which a debug kernel prints at boot.
+SPLAT='(^|[^A-Za-z])(BUG:|WARNING:|Oops|general protection fault|Kernel panic|KASAN:|UBSAN:|kernel BUG|possible circular locking|possible recursive locking|inconsistent lock state|suspicious RCU usage|bad unlock balance|held lock freed|lock held when returning|possible irq lock inversion|INFO: task .* blocked for more than|soft lockup|hard LOCKUP|rcu_.*detected stalls|self-detected stall|Call Trace:|list_add corruption|list_del corruption|ODEBUG)'
 
 check_console() {
 	if grep -nE "$SPLAT" "$1" >&2; then
