@@ -61,6 +61,7 @@ result "$rc" "patches/ agrees with linux/"
 if [ "$build" = 1 ]; then
 	[ -z "$(git -C "$LINUX" status --porcelain --untracked-files=no)" ] ||
 		die "linux/ has uncommitted changes"
+	mkdir -p "$BUILD"
 	branch=$(git -C "$LINUX" branch --show-current)
 	trap 'git -C "$LINUX" checkout -q "$branch"' EXIT
 	for c in "${commits[@]}"; do
@@ -70,7 +71,7 @@ if [ "$build" = 1 ]; then
 			rc=0
 		else
 			rc=1
-			tail -n 30 "$BUILD/bisect.log" | sed 's/^/# /'
+			tail -n 30 "$BUILD/bisect.log" | sed 's/^/# /' || true
 		fi
 		result "$rc" "builds: $subj"
 	done

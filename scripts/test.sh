@@ -60,9 +60,10 @@ record() {
 
 # Fold the top-level KTAP results of a log into the results.
 collect() { # log prefix
-	local line name
+	local line name plan=0 seen=0
 	while IFS= read -r line; do
 		case "$line" in
+		1..*) plan=$((plan + ${line#1..})); continue ;;
 		"ok "*" # SKIP"*)
 			name=${line#ok * }; name=${name%% # SKIP*}
 			if [ "${CI:-}" = true ] && [[ $name == lazy_collapse* ]]; then
@@ -73,7 +74,22 @@ collect() { # log prefix
 		"ok "*) name=${line#ok * }; record ok "$2$name" ;;
 		"not ok "*) name=${line#not ok * }; record fail "$2$name" ;;
 		esac
-	done < <(grep -E '^(not )?ok [0-9]+ ' "$1" || true)
+		seen=$((seen + 1))
+	done < <(grep -E '^((not )?ok [0-9]+ |1\.\.[0-9]+$)' "$1" || true)
+	# A script that dies half-way must not pass by printing fewer results.
+	if [ "$seen" -lt "$plan" ]; then
+		record fail "$2$((plan - seen)) of $plan planned results missing"
+	fi
+	# The last lines each failed test printed, for the summary: CI shows
+	# only the tail of the output.
+	awk '/^(not )?ok [0-9]+ / {
+		if ($1 == "not") {
+			print "# --- " $0
+			for (i = (n > 12 ? n - 12 : 0); i < n; i++) print buf[i % 12]
+		}
+		n = 0; next
+	}
+	{ buf[n % 12] = $0; n++ }' "$1" >>"$res/failures.txt"
 }
 
 stage_time() {
@@ -130,6 +146,7 @@ summary() {
 	pass=$(grep -E '^ok ' "$results" | grep -vc '# SKIP$' || true)
 	skip=$(grep -cE '^ok .*# SKIP$' "$results" || true)
 	failn=$(grep -c '^not ok ' "$results" || true)
+	[ ! -s "$res/failures.txt" ] || cat "$res/failures.txt"
 	echo "# results: $results; total time $(( $(date +%s) - start )) s"
 	grep '^not ok' "$results" || true
 	echo "$pass passed, $failn failed, $skip skipped"
