@@ -84,6 +84,8 @@ if [ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo; then
 	accel=(-accel kvm -cpu host)
 else
 	accel=(-accel "tcg,thread=multi" -cpu max)
+	# Tells scripts/vm/run-tests.sh that the guest's SVM is emulated.
+	append="lazy_tcg=1 $append"
 fi
 
 : >"$logdir/output.log"
