@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Benchmark: stopping dirty logging and getting huge pages back, against
+# memory size, per collapse mode, side by side with the unmodified kernel.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+usage() {
+	cat <<USAGE
+Usage: ${0##*/} [options]
+
+Build the patched kernel and, unless --no-upstream, the unmodified one (the
+'$BASE_TAG' commit of linux/, in build/upstream/); boot each in QEMU and run
+tools/testing/selftests/kvm/x86_64/lazy_collapse_perf_test for every size
+and backing: on the patched kernel in sync, deferred and ondemand mode, on
+the unmodified one once ("upstream"). Write under DIR:
+  results.md        the table, the goals and a 4 TiB extrapolation
+  results.txt       the raw "result" lines; curve-*.dat the pages_2m curves
+  stoptime-BACKING.png   stop time (all slots) against size, log-log
+  recovery-BACKING-SIZE.png  pages_2m over time from the stop, per mode
+and print results.md.
+
+  --sizes "S..."     test memory sizes (default: "$SIZES_DEFAULT")
+  --backings "B..."  thp and/or hugetlb (2MiB hugetlbfs) (default: "thp hugetlb")
+  --vcpus N          vCPUs writing the memory (default: 2)
+  --slots N          memslots the memory is split over (default: 1)
+  --delay MS         collapse_delay_ms of the deferred runs (default: 1000)
+  --mem SIZE         memory of the QEMU VM (default: 8G)
+  --no-upstream      skip the unmodified kernel
+  --out DIR          default: out/bench-<time> (out/bench-latest links to it)
+All times are wall-clock inside QEMU (TCG unless /dev/kvm is usable): compare
+ratios within one run, not absolute numbers across runs.
+USAGE
+}
+
+SIZES_DEFAULT="256M 512M 1G 2G 4G"
+sizes=$SIZES_DEFAULT backings="thp hugetlb" vcpus=2 slots=1 delay=1000
+mem=8G upstream=1 dir=""
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--sizes) sizes=${2:?}; shift ;;
+	--backings) backings=${2:?}; shift ;;
+	--vcpus) vcpus=${2:?}; shift ;;
+	--slots) slots=${2:?}; shift ;;
+	--delay) delay=${2:?}; shift ;;
+	--mem) mem=${2:?}; shift ;;
+	--no-upstream) upstream=0 ;;
+	--out) dir=${2:?}; shift ;;
+	-h | --help) usage; exit 0 ;;
+	*) usage >&2; exit 2 ;;
+	esac
+	shift
+done
+for b in $backings; do
+	case "$b" in thp | hugetlb) ;; *) die "--backings: '$b' is not thp or hugetlb" ;; esac
+done
+for s in $sizes; do
+	[[ $s =~ ^[0-9]+[MG]$ ]] || die "--sizes: '$s' is not like 256M or 4G"
+done
+[[ $vcpus =~ ^[1-9][0-9]?$ ]] || die "--vcpus: '$vcpus' is not 1-16"
+[[ $slots =~ ^[1-9][0-9]?$ ]] || die "--slots: '$slots' is not 1-64"
+[[ $delay =~ ^[0-9]+$ ]] || die "--delay: '$delay' is not a number of ms"
+
+[ -n "$dir" ] || dir="$OUT/bench-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+ln -sfn "$dir" "$OUT/bench-latest"
+
+[ "$(id -u)" != 0 ] || "$TOP/scripts/install-deps.sh"
+"$TOP/scripts/prepare.sh"
+"$TOP/scripts/build-kernel.sh" --config test >/dev/null
+"$TOP/scripts/build-selftests.sh" >/dev/null
+"$TOP/scripts/mkinitramfs.sh" >/dev/null
+
+# The unmodified kernel: the base commit, checked out beside linux/.
+if [ "$upstream" = 1 ]; then
+	src="$BUILD/upstream/src"
+	base=$(git -C "$LINUX" rev-parse "$BASE_TAG^{commit}")
+	if [ "$(git -C "$src" rev-parse HEAD 2>/dev/null)" != "$base" ]; then
+		rm -rf "$src"
+		git -C "$LINUX" worktree prune
+		git -C "$LINUX" worktree add -q --detach "$src" "$base"
+	fi
+	LINUX="$src" BUILD="$BUILD/upstream" \
+		"$TOP/scripts/build-kernel.sh" --config test >/dev/null
+fi
+
+# The command run in the VM: every backing, size and mode.
+vm_cmd() { # modes
+	local b s m src pages
+	echo "set -e"
+	for b in $backings; do
+		src=anonymous_thp
+		if [ "$b" = hugetlb ]; then
+			src=anonymous_hugetlb_2mb
+			pages=0
+			for s in $sizes; do
+				s=$(numfmt --from=iec "$s")
+				[ "$((s / 2097152))" -le "$pages" ] || pages=$((s / 2097152))
+			done
+			echo "echo $((pages + 64)) >/proc/sys/vm/nr_hugepages"
+		fi
+		for s in $sizes; do
+			for m in $1; do
+				echo "./x86_64/lazy_collapse_perf_test -b $s -s $src -v $vcpus -x $slots -m $m -d $delay"
+			done
+		done
+	done
+}
+
+run_kernel() { # name modes [boot.sh options]
+	local name=$1 modes=$2
+	shift 2
+	log "benchmark on the $name kernel: $modes; sizes $sizes; $backings"
+	"$TOP/scripts/boot.sh" --mem "$mem" --smp "$((vcpus + 1))" \
+		--timeout 5400 --logdir "$dir/$name" "$@" -- "$(vm_cmd "$modes")" \
+		>"$dir/$name.log" 2>&1 || {
+		tail -n 30 "$dir/$name.log" >&2
+		die "the benchmark failed on the $name kernel: $dir/$name/"
+	}
+}
+
+run_kernel patched "sync deferred ondemand"
+[ "$upstream" = 0 ] ||
+	run_kernel upstream upstream --kernel "$BUILD/upstream/test/arch/x86/boot/bzImage"
+
+cat "$dir"/*/output.log | grep -h '^result ' >"$dir/results.txt" || true
+cat "$dir"/*/output.log | grep -h '^curve ' >"$dir/curves.txt" || true
+python3 "$TOP/scripts/bench-report.py" "$dir" "$delay"
+cat "$dir/results.md"
