@@ -5,21 +5,24 @@ set -euo pipefail
 
 usage() {
 	cat <<USAGE
-Usage: ${0##*/} [--config NAME] [--help]
+Usage: ${0##*/} [--config NAME] [--vmlinux] [--help]
 
 Build linux/ into build/NAME/ (default NAME: test): 'make tinyconfig', then
 the fragments configs/test.config (and configs/NAME.config for another NAME)
 merged with the kernel's scripts/kconfig/merge_config.sh, then bzImage.
 Every option a fragment sets is checked in the final .config (merge_config.sh
 only warns when a dependency drops one). Prints the bzImage path.
+  --vmlinux   stop at vmlinux (no compressed bzImage): enough to know that
+              the tree builds and links, and faster
 Environment: JOBS (default: nproc), CCACHE_DIR.
 USAGE
 }
 
-cfg="test"
+cfg="test" target=bzImage
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--config) cfg=${2:?}; shift ;;
+	--vmlinux) target=vmlinux ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
 	esac
@@ -71,5 +74,9 @@ if ! cat "${frags[@]}" | cmp -s - "$stamp" || [ ! -f "$out/.config" ]; then
 fi
 
 log "building $cfg kernel in $out"
-"${mk[@]}" bzImage
-echo "$out/arch/x86/boot/bzImage"
+"${mk[@]}" "$target"
+if [ "$target" = vmlinux ]; then
+	echo "$out/vmlinux"
+else
+	echo "$out/arch/x86/boot/bzImage"
+fi

@@ -13,8 +13,10 @@ Print KTAP results for:
     asks whether MAINTAINERS needs updating for a new file, and
     arch/x86/kvm/ and tools/testing/selftests/kvm/ are covered there);
   - scripts/export.sh --check (patches/ is what linux/ exports);
-  - unless --no-build, a build of every commit of the series in turn
-    (config NAME, default test, KVM_WERROR=y), ending at HEAD.
+  - unless --no-build, a build (to vmlinux) of every commit of the series
+    in turn (config NAME, default test, KVM_WERROR=y), ending at HEAD; a
+    commit that only changes Documentation/ or tools/testing/selftests/
+    passes with its parent's build.
 Exit status 0 only if all passed.
 USAGE
 }
@@ -66,8 +68,17 @@ if [ "$build" = 1 ]; then
 	trap 'git -C "$LINUX" checkout -q "$branch"' EXIT
 	for c in "${commits[@]}"; do
 		subj=$(git -C "$LINUX" log -1 --format=%s "$c")
+		# A patch to documentation or selftests only leaves the kernel
+		# its parent built.
+		if git -C "$LINUX" diff --quiet "$c^" "$c" -- . \
+			':!Documentation' ':!tools/testing/selftests'; then
+			echo "# $subj: no kernel source change, same build as its parent"
+			result 0 "builds: $subj"
+			continue
+		fi
 		git -C "$LINUX" checkout -q "$c"
-		if "$TOP/scripts/build-kernel.sh" --config "$cfg" >"$BUILD/bisect.log" 2>&1; then
+		if "$TOP/scripts/build-kernel.sh" --config "$cfg" --vmlinux \
+			>"$BUILD/bisect.log" 2>&1; then
 			rc=0
 		else
 			rc=1
