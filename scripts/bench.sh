@@ -32,7 +32,7 @@ ratios within one run, not absolute numbers across runs.
 USAGE
 }
 
-SIZES_DEFAULT="256M 512M 1G 2G 4G"
+SIZES_DEFAULT="2M 256M 1G 4G"
 sizes=$SIZES_DEFAULT backings="thp hugetlb" vcpus=2 slots=1 delay=1000
 mem=8G upstream=1 dir=""
 while [ $# -gt 0 ]; do

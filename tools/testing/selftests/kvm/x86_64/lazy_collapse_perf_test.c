@@ -13,9 +13,10 @@
  *  - how long until the huge pages (pages_2m) were back to the count before
  *    logging, from the stop, and how many page faults (pf_fixed) that took;
  *  - what the guest paid: pages written per second from the start of the
- *    collapse (the ioctl in sync mode, the worker's first batch in deferred
+ *    collapse (the ioctl in sync mode, the end of the delay in deferred
  *    mode, collapse_now in ondemand mode) until the huge pages were back,
- *    against the same run's steady state before logging started;
+ *    and in the lazy modes from the stop until the collapse started (on
+ *    split mappings), against the same run's steady state before logging;
  *  - the longest single mmu_lock hold and the time the collapse walk took
  *    in all (collapse_max_hold_ns, collapse_time_ns: the worker's busy time);
  *  - pages_2m over time from the stop, sampled every 10 ms ("curve").
@@ -257,7 +258,7 @@ static void run(void)
 	uint64_t *curve_t = calloc(MAX_SAMPLES, sizeof(uint64_t));
 	uint64_t *curve_p = calloc(MAX_SAMPLES, sizeof(uint64_t));
 	uint64_t stop_ns[MAX_SLOTS], stop_max = 0, stop_total = 0;
-	uint64_t before, split, t0, t1, w0, steady, pf0, pf_back;
+	uint64_t before, split, t0, t1, w0, w1, steady, pf0, pf_back;
 	uint64_t stop_start, collapse_start = 0, w_collapse = 0, back = 0;
 	uint64_t w_back = 0, end, p2m, delay_ms;
 	unsigned long *bitmap;
@@ -308,6 +309,7 @@ static void run(void)
 			stop_max = stop_ns[i];
 	}
 	t1 = now_ns();
+	w1 = written(&b);
 	if (!b.lazy || !strcmp(b.mode, "sync")) {
 		collapse_start = stop_start;
 		w_collapse = written(&b);
@@ -376,6 +378,11 @@ static void run(void)
 	       steady, back > collapse_start ? (w_back - w_collapse) *
 	       1000000000UL / (back - collapse_start) : 0,
 	       (back - collapse_start) / 1e6);
+	/* Lazy modes: what running on the split mappings until then cost. */
+	printf(" split_pps=%lu split_window_ms=%.1f",
+	       collapse_start > t1 ? (w_collapse - w1) * 1000000000UL /
+	       (collapse_start - t1) : 0,
+	       collapse_start > t1 ? (collapse_start - t1) / 1e6 : 0);
 	printf(" max_hold_us=%.1f worker_ms=%.1f sptes=%lu\n",
 	       vm_stat(&b, "collapse_max_hold_ns") / 1e3,
 	       vm_stat(&b, "collapse_time_ns") / 1e6,
