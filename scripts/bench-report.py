@@ -188,10 +188,15 @@ def main():
             f = fit(pts)
             if not f:
                 continue
+            if m in ("deferred", "ondemand"):
+                w(f"- {b}, {m}: fitted slope {f[0] * 1024:.0f} us per GiB "
+                  "(noise: negative or tiny); the stop only queues the "
+                  f"slots, so the estimate at 4 TiB is the largest measured "
+                  f"stop, {us(max(y for _, y in pts))}")
+                continue
             est = f[0] * 4194304 + f[1]
-            w(f"- {b}, {m}: slope {f[0] * 1024:.1f} us per GiB -> "
-              f"{max(est, 0) / 1e6:.2f} s at 4 TiB"
-              f"{' (flat: the largest measured, ' + us(pts[-1][1]) + ', is the estimate)' if m in ('deferred', 'ondemand') else ''}")
+            w(f"- {b}, {m}: slope {f[0] * 1024 / 1000:.0f} ms per GiB -> "
+              f"{max(est, 0) / 1e6:.0f} s at 4 TiB")
 
     # Plots.
     w("\n## Plots\n")
@@ -208,7 +213,7 @@ def main():
         png = os.path.join(out, f"stoptime-{b}.png")
         plots = ", ".join(f"'{dat}' index {i} with linespoints title '{m}'"
                           for i, m in enumerate(modes))
-        if gnuplot(f"set terminal png size 900,600\nset output '{png}'\n"
+        if gnuplot(f"set terminal png size 900,600 noenhanced\nset output '{png}'\n"
                    "set logscale xy\nset xlabel 'memory (MiB)'\n"
                    "set ylabel 'stop time, all slots (us)'\n"
                    f"set title 'Stopping dirty logging, {b}'\n"
@@ -228,15 +233,20 @@ def main():
                         continue
                     present.append(m)
                     f.write(f"# {m}\n")
+                    # Before the first sample (sync: while the ioctl ran),
+                    # the count logging left.
+                    r = by.get((b, s, m))
+                    if r:
+                        f.write(f"0 {int(r['pages_2m_logging'])}\n")
                     for c in pts:
                         f.write(f"{c['t_ms']} {int(c['pages_2m'])}\n")
                     f.write("\n\n")
             if not present:
                 continue
             png = os.path.join(out, f"recovery-{b}-{int(s)}.png")
-            plots = ", ".join(f"'{dat}' index {i} with lines title '{m}'"
+            plots = ", ".join(f"'{dat}' index {i} with steps title '{m}'"
                               for i, m in enumerate(present))
-            if gnuplot(f"set terminal png size 900,600\nset output '{png}'\n"
+            if gnuplot(f"set terminal png size 900,600 noenhanced\nset output '{png}'\n"
                        "set xlabel 'time since logging stopped (ms)'\n"
                        "set ylabel 'pages_2m'\n"
                        f"set title 'Huge pages coming back, {b}, {size_name(s)}'\n"
