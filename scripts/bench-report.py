@@ -75,6 +75,14 @@ def gnuplot(script):
         return False
 
 
+def plot(png, dat, titles, style, settings):
+    """One PNG: data set i of @dat (blank-line separated) is titles[i]."""
+    plots = ", ".join(f"'{dat}' index {i} with {style} title '{t}'"
+                      for i, t in enumerate(titles))
+    return gnuplot("set terminal png size 900,600 noenhanced\n"
+                   f"set output '{png}'\n{settings}plot {plots}\n")
+
+
 def main():
     out, delay = sys.argv[1], float(sys.argv[2])
     res = parse(os.path.join(out, "results.txt"), "result")
@@ -210,16 +218,13 @@ def main():
                     if r:
                         f.write(f"{s} {r['stop_total_us']}\n")
                 f.write("\n\n")
-        png = os.path.join(out, f"stoptime-{b}.png")
-        plots = ", ".join(f"'{dat}' index {i} with linespoints title '{m}'"
-                          for i, m in enumerate(modes))
-        if gnuplot(f"set terminal png size 900,600 noenhanced\nset output '{png}'\n"
-                   "set logscale xy\nset xlabel 'memory (MiB)'\n"
-                   "set ylabel 'stop time, all slots (us)'\n"
-                   f"set title 'Stopping dirty logging, {b}'\n"
-                   "set key top left\n"
-                   f"plot {plots}\n"):
-            w(f"- stop time against size ({b}): stoptime-{b}.png")
+        png = f"stoptime-{b}.png"
+        if plot(os.path.join(out, png), dat, modes, "linespoints",
+                "set logscale xy\nset key top left\n"
+                "set xlabel 'memory (MiB)'\n"
+                "set ylabel 'stop time, all slots (us)'\n"
+                f"set title 'Stopping dirty logging, {b}'\n"):
+            w(f"- stop time against size ({b}): {png}")
         for s in sizes:
             if s < 256:
                 continue
@@ -243,17 +248,13 @@ def main():
                     f.write("\n\n")
             if not present:
                 continue
-            png = os.path.join(out, f"recovery-{b}-{int(s)}.png")
-            plots = ", ".join(f"'{dat}' index {i} with steps title '{m}'"
-                              for i, m in enumerate(present))
-            if gnuplot(f"set terminal png size 900,600 noenhanced\nset output '{png}'\n"
-                       "set xlabel 'time since logging stopped (ms)'\n"
-                       "set ylabel 'pages_2m'\n"
-                       f"set title 'Huge pages coming back, {b}, {size_name(s)}'\n"
-                       "set key bottom right\n"
-                       f"plot {plots}\n"):
-                w(f"- pages_2m recovery ({b}, {size_name(s)}): "
-                  f"recovery-{b}-{int(s)}.png")
+            png = f"recovery-{b}-{int(s)}.png"
+            if plot(os.path.join(out, png), dat, present, "steps",
+                    "set key bottom right\n"
+                    "set xlabel 'time since logging stopped (ms)'\n"
+                    "set ylabel 'pages_2m'\n"
+                    f"set title 'Huge pages coming back, {b}, {size_name(s)}'\n"):
+                w(f"- pages_2m recovery ({b}, {size_name(s)}): {png}")
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(md) + "\n")
 
