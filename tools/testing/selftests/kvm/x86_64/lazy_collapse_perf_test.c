@@ -56,6 +56,7 @@ static int nr_slots = 1;
 static int log_rounds = 2;
 static const char *mode_arg;
 static const char *delay_arg = "1000";
+static uint64_t delay_ms = 1000;
 static const char *batch_arg;
 static unsigned int ondemand_pause_ms = 1000;
 static unsigned int steady_ms = 1000;
@@ -257,10 +258,10 @@ static void run(void)
 	/* Not static: the test binary's data is loaded into the guest too. */
 	uint64_t *curve_t = calloc(MAX_SAMPLES, sizeof(uint64_t));
 	uint64_t *curve_p = calloc(MAX_SAMPLES, sizeof(uint64_t));
-	uint64_t stop_ns[MAX_SLOTS], stop_max = 0, stop_total = 0;
+	uint64_t stop_ns, stop_max = 0, stop_total = 0;
 	uint64_t before, split, t0, t1, w0, w1, steady, pf0, pf_back;
 	uint64_t stop_start, collapse_start = 0, w_collapse = 0, back = 0;
-	uint64_t w_back = 0, end, p2m, delay_ms;
+	uint64_t w_back = 0, end, p2m;
 	unsigned long *bitmap;
 	bool ondemand, deferred, triggered;
 	struct bench b = {};
@@ -268,7 +269,6 @@ static void run(void)
 
 	TEST_ASSERT(curve_t && curve_p, "calloc");
 	bench_create(&b);
-	delay_ms = atoi_non_negative("Delay", delay_arg);
 	ondemand = !strcmp(b.mode, "ondemand");
 	deferred = !strcmp(b.mode, "deferred");
 	for (i = 0; i < nr_vcpus; i++)
@@ -303,10 +303,10 @@ static void run(void)
 	for (i = 0; i < nr_slots; i++) {
 		t1 = now_ns();
 		set_logging(&b, i, false);
-		stop_ns[i] = now_ns() - t1;
-		stop_total += stop_ns[i];
-		if (stop_ns[i] > stop_max)
-			stop_max = stop_ns[i];
+		stop_ns = now_ns() - t1;
+		stop_total += stop_ns;
+		if (stop_ns > stop_max)
+			stop_max = stop_ns;
 	}
 	t1 = now_ns();
 	w1 = written(&b);
@@ -442,6 +442,7 @@ int main(int argc, char *argv[])
 			break;
 		case 'd':
 			delay_arg = optarg;
+			delay_ms = atoi_non_negative("Delay", optarg);
 			break;
 		case 'B':
 			batch_arg = optarg;
