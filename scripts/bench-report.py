@@ -83,6 +83,27 @@ def plot(png, dat, titles, style, settings):
                    f"set output '{png}'\n{settings}plot {plots}\n")
 
 
+def qemu_table(w, rows):
+    """The QEMU scenario's runs (scripts/vmm/scenario.py), if any."""
+    if not rows:
+        return
+    w("\n## QEMU: a live migration that fails or is cancelled\n")
+    w("Debian's QEMU in the test VM, 1 vCPU writing all its memory; "
+      "'QEMU stop' is the longest a QMP command waited for QEMU's big "
+      "lock after the migration ended (stopping dirty logging included); "
+      "'KVM collapse' is the time of the collapse runs traced, wherever "
+      "they ran.\n")
+    w("| mode | case | QEMU stop (ms) | KVM collapse (ms) | pages_2m "
+      "before / logging / at stop / back | back after (s) |")
+    w("|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (MODES.index(r["mode"]),
+                                         r["case"])):
+        w(f"| {r['mode']} | {r['case']} | {r['qemu_stop_ms']:.1f} | "
+          f"{r['kvm_collapse_ms']:.1f} | {int(r['pages_2m_before'])} / "
+          f"{int(r['pages_2m_logging'])} / {int(r['pages_2m_after_stop'])} "
+          f"/ {int(r['pages_2m_restored'])} | {r['restore_s']:.1f} |")
+
+
 def main():
     out, delay = sys.argv[1], float(sys.argv[2])
     res = parse(os.path.join(out, "results.txt"), "result")
@@ -255,6 +276,7 @@ def main():
                     "set ylabel 'pages_2m'\n"
                     f"set title 'Huge pages coming back, {b}, {size_name(s)}'\n"):
                 w(f"- pages_2m recovery ({b}, {size_name(s)}): {png}")
+    qemu_table(w, parse(os.path.join(out, "results.txt"), "qemu-result"))
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(md) + "\n")
 

@@ -26,6 +26,10 @@ and print results.md.
   --delay MS         collapse_delay_ms of the deferred runs (default: 1000)
   --mem SIZE         memory of the QEMU VM (default: 8G)
   --no-upstream      skip the unmodified kernel
+  --qemu             also run the QEMU scenario (scripts/vmm/scenario.py: a
+                     live migration of Debian's QEMU that fails, then one
+                     that is cancelled) in each mode: its stop time as QEMU
+                     saw it goes into a table of its own
   --out DIR          default: out/bench-<time> (out/bench-latest links to it)
 All times are wall-clock inside QEMU (TCG unless /dev/kvm is usable): compare
 ratios within one run, not absolute numbers across runs.
@@ -34,7 +38,7 @@ USAGE
 
 SIZES_DEFAULT="2M 256M 1G 4G"
 sizes=$SIZES_DEFAULT backings="thp hugetlb" vcpus=2 slots=1 delay=1000
-mem=8G upstream=1 dir=""
+mem=8G upstream=1 dir="" qemu=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--sizes) sizes=${2:?}; shift ;;
@@ -44,6 +48,7 @@ while [ $# -gt 0 ]; do
 	--delay) delay=${2:?}; shift ;;
 	--mem) mem=${2:?}; shift ;;
 	--no-upstream) upstream=0 ;;
+	--qemu) qemu=1 ;;
 	--out) dir=${2:?}; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
@@ -105,6 +110,14 @@ vm_cmd() { # modes
 			done
 		done
 	done
+	[ "$qemu" = 1 ] || return 0
+	# The QEMU runs report in their own lines; under TCG a run can fail
+	# for the emulator's sake (scripts/vmm/scenario.py): carry on.
+	for m in $1; do
+		[ "$m" = upstream ] ||
+			echo "echo $m >/sys/module/kvm/parameters/collapse_mode"
+		echo "./vmm/run.sh fail cancel || echo '# QEMU scenario failed ($m)'"
+	done
 }
 
 run_kernel() { # name modes [boot.sh options]
@@ -123,7 +136,7 @@ run_kernel patched "sync deferred ondemand"
 [ "$upstream" = 0 ] ||
 	run_kernel upstream upstream --kernel "$BUILD/upstream/test/arch/x86/boot/bzImage"
 
-cat "$dir"/*/output.log | grep -h '^result ' >"$dir/results.txt" || true
+cat "$dir"/*/output.log | grep -hE '^(qemu-)?result ' >"$dir/results.txt" || true
 cat "$dir"/*/output.log | grep -h '^curve ' >"$dir/curves.txt" || true
 python3 "$TOP/scripts/bench-report.py" "$dir" "$delay"
 cat "$dir/results.md"

@@ -12,6 +12,9 @@ QEMU (-accel kvm -cpu host where /dev/kvm works, else TCG with -cpu max,
 which emulates AMD SVM with nested paging), run COMMAND with sh in /lazy
 inside the VM, and exit with its status.
 
+The host's root is shared read-only over 9p (mount tag hostroot) for the
+QEMU scenario (scripts/vmm/run.sh), which runs Debian's QEMU from it.
+
 The kernel console (ttyS0) goes to LOGDIR/console.log, the command's output
 (ttyS1) to LOGDIR/output.log and to stdout. The run fails (exit 1) if the
 command fails, if the VM does not report an exit status before the timeout
@@ -98,6 +101,7 @@ timeout --foreground -k 10 "$timeout" qemu-system-x86_64 "${accel[@]}" \
 	-kernel "$kernel" -initrd "$work/initrd" \
 	-append "console=ttyS0 panic=-1 oops=panic softlockup_panic=0 $append" \
 	-serial "file:$logdir/console.log" -serial "file:$logdir/output.log" \
+	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 	-monitor none </dev/null >"$logdir/qemu.log" 2>&1
 qrc=$?
 set -e

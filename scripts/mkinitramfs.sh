@@ -8,7 +8,8 @@ usage() {
 Usage: ${0##*/} [--help]
 
 Write build/initramfs.cpio.gz: busybox-static, scripts/vm/ (init and the
-test runner), tests/*.list, the KVM selftest binaries of
+test runner), tests/*.list, scripts/vmm/ (the QEMU scenario, its guest
+built here), the KVM selftest binaries of
 build/kselftest/kvm/ and the shared libraries that ldd lists for them.
 scripts/boot.sh appends the command to run as a second archive.
 USAGE
@@ -33,6 +34,20 @@ cp "$TOP/scripts/vm/init" "$root/init"
 cp "$TOP"/scripts/vm/*.sh "$root/lazy/"
 cp "$TOP"/tests/*.list "$root/lazy/"
 chmod +x "$root/init" "$root"/lazy/*.sh
+
+# The QEMU scenario (tests/vmm.list): its driver and its guest, a
+# multiboot payload that QEMU boots in no time.
+mkdir -p "$root/lazy/vmm" "$BUILD/vmm"
+gcc -m64 -O2 -Wall -Wextra -Werror -ffreestanding -fno-pic -fno-pie \
+	-no-pie -static --param=min-pagesize=0 -mno-red-zone \
+	-mgeneral-regs-only -fno-stack-protector \
+	-fno-asynchronous-unwind-tables -nostdlib \
+	-Wl,-T,"$TOP/scripts/vmm/guest.ld" -Wl,--build-id=none \
+	-Wl,-z,max-page-size=4096 -Wl,--no-warn-rwx-segments \
+	-o "$BUILD/vmm/guest64.elf" "$TOP/scripts/vmm/guest.c"
+# QEMU loads only 32-bit multiboot ELFs (as kvm-unit-tests does).
+objcopy -O elf32-i386 "$BUILD/vmm/guest64.elf" "$BUILD/vmm/guest.elf"
+cp "$BUILD/vmm/guest.elf" "$TOP"/scripts/vmm/{run.sh,scenario.py} "$root/lazy/vmm/"
 
 bins=()
 while IFS= read -r f; do
