@@ -30,8 +30,8 @@ and checks, for the kvm.collapse_mode in force (the VM inherits it):
 
 that pages_2m comes back to what it was before the migration, that the
 guest kept running (passes go on after the stop) and that every page held
-what the guest wrote (no "BAD" from guest.elf, which checks every page in
-every pass, and at least two passes after the collapse).
+what the guest wrote (no bad page reported by guest.elf, which checks every
+page in every pass, and at least two passes after the collapse).
 
 Prints "# ..." progress, "qemu-result k=v ..." lines (scripts/bench.sh),
 exits 0 on success, 1 on failure, 4 (kselftest SKIP) when the VM cannot
@@ -509,6 +509,9 @@ def main():
                 vm = None
     except Failed as e:
         log("FAIL: %s" % e)
+        if vm:
+            log("guest's serial port: " +
+                " | ".join(vm.guest_output().splitlines()[-3:]))
         return 1
     finally:
         stop(vm, args.workdir)
