@@ -306,8 +306,8 @@ def scenario(vm, case, mode, bandwidth, hold):
               "migration ended early: %s" % st.get("status"))
         vm.running()
         return vm.stat("pages_2m") <= regions // 4
-    wait_for(split, 300, "KVM to split the huge pages (pages_2m %d)" %
-             vm.stat("pages_2m"), 0.5)
+    wait_for(split, 300, "KVM to split the huge pages (pages_2m <= %d)" %
+             (regions // 4), 0.5)
     time.sleep(hold)
     st = vm.migration()
     check(st["status"] == "active", "migration not active: %s" % st["status"])
@@ -331,11 +331,10 @@ def scenario(vm, case, mode, bandwidth, hold):
     recv.wait()
     wait_for(lambda: vm.migration()["status"] == want, 120,
              "migration status %s" % want, 0.05)
-    # QEMU's cleanup stops dirty logging after the status changed: wait
-    # until KVM has seen it (a sync run traced, or a slot pending), and a
-    # little more for the pings that were blocked meanwhile.
-    # An unmodified kernel collapses in the ioctl, like sync.
-    # (QEMU postpones the stop while the guest is paused.)
+    # QEMU's cleanup stops dirty logging after the status changed (and
+    # postpones it while the guest is paused): wait until KVM has seen it
+    # (a sync run traced, or a slot pending; an unmodified kernel gives no
+    # sign), and a little more for the pings that were blocked meanwhile.
     def stopped():
         vm.running()
         return (vm.stat("collapse_pending_slots") or
@@ -351,10 +350,8 @@ def scenario(vm, case, mode, bandwidth, hold):
         " %d slots pending" % (case, want, held * 1e3, after_stop, pending))
 
     if mode == "sync":
-        runs = wait_for(lambda: collapse_events(vm.proc.pid), 10,
-                        "a collapse tracepoint")
-        check(all(m == "sync" for (m, _, _) in runs),
-              "sync mode, collapse runs: %s" % runs)
+        # stopped() saw the runs traced; their mode is checked below.
+        check(pending == 0, "sync: %d slots pending after the stop" % pending)
     elif mode in ("deferred", "ondemand"):
         check(pending >= 1, "%s: no slot pending after the stop" % mode)
         check(vm.stat("collapse_runs") == runs0 or mode == "deferred" and
@@ -376,8 +373,7 @@ def scenario(vm, case, mode, bandwidth, hold):
     def back():
         vm.running()
         return vm.stat("pages_2m") >= regions * 9 // 10
-    wait_for(back, 300, "pages_2m back to %d (at %d)" %
-             (regions * 9 // 10, vm.stat("pages_2m")), 0.2)
+    wait_for(back, 300, "pages_2m back to %d" % (regions * 9 // 10), 0.2)
     restored = vm.stat("pages_2m")
     t_back = time.monotonic() - t_trigger
     runs = []
