@@ -29,11 +29,13 @@ stalls, panics.
   --timeout SECS   wall-clock limit (default: 1800)
   --mem SIZE       guest memory (default: 6G)
   --smp N          vCPUs (default: 2)
+  --tcg-thread T   TCG only: multi (one host thread per vCPU, default) or
+                   single (one thread runs all vCPUs in turn)
   --check-log FILE only run the splat check on an existing console log
 USAGE
 }
 
-cfg="test" kernel="" append="" logdir="" timeout=1800 mem=6G smp=2
+cfg="test" kernel="" append="" logdir="" timeout=1800 mem=6G smp=2 tcg_thread=multi
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--config) cfg=${2:?}; shift ;;
@@ -43,6 +45,7 @@ while [ $# -gt 0 ]; do
 	--timeout) timeout=${2:?}; shift ;;
 	--mem) mem=${2:?}; shift ;;
 	--smp) smp=${2:?}; shift ;;
+	--tcg-thread) tcg_thread=${2:?}; shift ;;
 	--check-log) check_only=${2:?}; shift ;;
 	-h | --help) usage; exit 0 ;;
 	--) shift; break ;;
@@ -68,6 +71,10 @@ if [ -n "${check_only:-}" ]; then
 	exit
 fi
 [ $# -gt 0 ] || { usage >&2; exit 2; }
+case "$tcg_thread" in
+single | multi) ;;
+*) die "--tcg-thread wants single or multi, not '$tcg_thread'" ;;
+esac
 
 kernel=${kernel:-$BUILD/$cfg/arch/x86/boot/bzImage}
 initrd="$BUILD/initramfs.cpio.gz"
@@ -86,7 +93,7 @@ cat "$initrd" "$work/cmd.cpio.gz" >"$work/initrd"
 if [ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo; then
 	accel=(-accel kvm -cpu host)
 else
-	accel=(-accel "tcg,thread=multi" -cpu max)
+	accel=(-accel "tcg,thread=$tcg_thread" -cpu max)
 	# Tells scripts/vm/run-tests.sh that the guest's SVM is emulated.
 	append="lazy_tcg=1 $append"
 fi
