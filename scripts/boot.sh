@@ -94,8 +94,9 @@ if [ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo; then
 	accel=(-accel kvm -cpu host)
 else
 	accel=(-accel "tcg,thread=$tcg_thread" -cpu max)
-	# Tells scripts/vm/run-tests.sh that the guest's SVM is emulated.
-	append="lazy_tcg=1 $append"
+	# Tells scripts/vm/run-tests.sh that the guest's SVM is emulated,
+	# and scripts/vmm/scenario.py how.
+	append="lazy_tcg=1 lazy_tcg_thread=$tcg_thread $append"
 fi
 
 : >"$logdir/output.log"

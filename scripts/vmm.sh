@@ -20,9 +20,11 @@ lines). scripts/bench.sh --qemu adds the same runs to the benchmark, on
 the unmodified kernel too.
   --modes   collapse modes (default: "sync deferred ondemand")
   --repeat  run the list N times in the same boot (default: 1)
-Logs go to out/vmm-<time>/. Not part of './run test': under TCG, QEMU
-7.2's emulation of SVM breaks this nested guest now and then, on the
-unmodified kernel too (sysctl-docs/README.md, "A real VMM").
+Logs go to out/vmm-<time>/. './run test' runs the same list as its "vmm"
+stage. Under TCG the test VM's vCPUs run in one host thread
+(boot.sh --tcg-thread single): with one thread per vCPU, QEMU 7.2's
+emulation of SVM breaks this nested guest now and then, on the unmodified
+kernel too (sysctl-docs/lazy-collapse.md, "What a VMM sees: QEMU").
 USAGE
 }
 
@@ -53,7 +55,8 @@ for _ in $(seq "$repeat"); do
 done
 cmd+="; exit \$st"
 st=0
-"$TOP/scripts/boot.sh" --timeout $((900 * repeat)) --logdir "$dir" -- "$cmd" \
+"$TOP/scripts/boot.sh" --tcg-thread single --timeout $((900 * repeat)) \
+	--logdir "$dir" -- "$cmd" \
 	>"$dir.log" 2>&1 || st=1
 grep -E '^(not )?ok |RETRY|FAIL' "$dir/output.log" || true
 grep -h '^qemu-result ' "$dir/output.log" | column -t || true
