@@ -8,7 +8,8 @@ Usage: ${0##*/} [--help]
 
 Install, with apt-get and only if missing: the kernel build dependencies,
 linux-source-6.12 (the pinned source), ccache, QEMU (qemu-system-x86),
-busybox-static, and the tools of checkpatch.pl and the scripts. Needs root.
+busybox-static, libvirt (daemon, QEMU driver, virsh: the QEMU scenario), and
+the tools of checkpatch.pl and the scripts. Needs root.
 USAGE
 }
 
@@ -22,6 +23,7 @@ pkgs=(
 	linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev
 	dwarves cpio xz-utils gzip file kmod rsync ccache python3 python3-ply
 	python3-git perl qemu-system-x86 busybox-static shellcheck gnuplot-nox
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -21,6 +21,8 @@ if ! grep -q " $root 9p " /proc/mounts; then
 		mount -t tmpfs tmpfs $root/tmp &&
 		mount -t tmpfs tmpfs $root/run || exit 1
 fi
+# --libvirt: QEMU runs as user nobody, under a session libvirtd.
+chmod 666 /dev/kvm
 mkdir -p $root/tmp/vmm-bin
 cp /lazy/vmm/scenario.py /lazy/vmm/guest.elf $root/tmp/vmm-bin/ || exit 1
 exec chroot $root /usr/bin/python3 /tmp/vmm-bin/scenario.py "$@"

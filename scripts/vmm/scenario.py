@@ -12,7 +12,16 @@ dirty logging stays on until KVM has split the guest's huge pages.  Then
   cancel: migrate_cancel;
 
 either way QEMU stops dirty logging with the guest still running, which is
-what this series is about.  It measures:
+what this series is about.  With --libvirt, libvirt runs QEMU instead (a
+session libvirtd, as user nobody) and drives the migration: a live dump
+(virsh dump --live, QEMU's migration to a file) into a FIFO read at the
+same bandwidth, then
+
+  fail:   the reader is killed: the dump fails;
+  cancel: virsh domjobabort;
+
+QMP and the checks below work the same (the domain gets the two extra QMP
+monitors through <qemu:commandline>).  It measures:
 
   - QEMU's stop: a second QMP monitor is pinged every few milliseconds;
     QMP runs under QEMU's big lock, so the longest round trip after the
@@ -42,6 +51,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,35 +151,116 @@ class Pinger(threading.Thread):
         return max(rtts) if rtts else 0.0
 
 
+DOMAIN = """<domain type='kvm'
+        xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>lazy</name>
+  <memory unit='MiB'>{mib}</memory>
+  <vcpu>1</vcpu>
+  <cpu mode='host-passthrough'/>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{guest}</kernel></os>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>{qemu}</emulator>
+    <serial type='file'><source path='{serial}'/></serial>
+    <memballoon model='none'/>
+  </devices>
+  <qemu:commandline>
+    <qemu:arg value='-qmp'/><qemu:arg value='unix:{qmp},server=on,wait=off'/>
+    <qemu:arg value='-qmp'/><qemu:arg value='unix:{ping},server=on,wait=off'/>
+  </qemu:commandline>
+</domain>
+"""
+
+
+class Libvirt:
+    """virsh on a session libvirtd of user nobody (root has no session)."""
+
+    def __init__(self, workdir):
+        self.home = os.path.join(workdir, "libvirt")
+        os.makedirs(os.path.join(self.home, "run"), mode=0o700)
+        os.makedirs(os.path.join(self.home, "config", "libvirt"))
+        # No seccomp, no cgroups or namespaces in the test kernel.
+        with open(os.path.join(self.home, "config", "libvirt",
+                               "qemu.conf"), "w") as f:
+            f.write("seccomp_sandbox = 0\n")
+        subprocess.run(["chown", "-R", "nobody:nogroup", workdir], check=True)
+        self.env = dict(os.environ, HOME=self.home,
+                        XDG_CONFIG_HOME=os.path.join(self.home, "config"),
+                        XDG_CACHE_HOME=os.path.join(self.home, "cache"),
+                        XDG_RUNTIME_DIR=os.path.join(self.home, "run"))
+
+    def cmd(self, args):
+        return ["setpriv", "--reuid=nobody", "--regid=nogroup",
+                "--clear-groups", "virsh", "-q", "-c", "qemu:///session"] + args
+
+    def virsh(self, *args, timeout=300):
+        r = subprocess.run(self.cmd(list(args)), env=self.env, timeout=timeout,
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True)
+        check(r.returncode == 0, "virsh %s: %s" % (" ".join(args),
+                                                   r.stderr.strip()))
+        return r.stdout
+
+    def popen(self, *args, **kw):
+        return subprocess.Popen(self.cmd(list(args)), env=self.env,
+                                stdin=subprocess.DEVNULL, **kw)
+
+
 class VM:
     """QEMU running guest.elf, its KVM statistics and serial output."""
 
-    def __init__(self, qemu, guest, mem, workdir):
+    def __init__(self, qemu, guest, mem, workdir, libvirt=False):
         self.dir = workdir
         self.serial = os.path.join(workdir, "guest-serial.log")
         qmp = os.path.join(workdir, "qmp.sock")
         ping = os.path.join(workdir, "ping.sock")
-        cmd = [qemu, "-accel", "kvm", "-cpu", "host", "-smp", "1",
-               "-m", mem, "-nodefaults", "-display", "none",
-               # A triple fault pauses the guest instead of resetting it.
-               "-action", "reboot=shutdown,shutdown=pause",
-               "-kernel", guest, "-serial", "file:" + self.serial,
-               "-qmp", "unix:%s,server=on,wait=off" % qmp,
-               "-qmp", "unix:%s,server=on,wait=off" % ping]
-        log(" ".join(cmd))
         self.stderr = open(os.path.join(workdir, "qemu.log"), "w")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                     stdout=self.stderr, stderr=self.stderr)
+        self.libvirt = Libvirt(workdir) if libvirt else None
+        if self.libvirt:
+            mib = int(mem[:-1]) << (10 if mem.endswith("G") else 0)
+            xml = os.path.join(workdir, "domain.xml")
+            with open(xml, "w") as f:
+                f.write(DOMAIN.format(mib=mib, guest=guest,
+                                      qemu=shutil.which(qemu) or qemu,
+                                      serial=self.serial, qmp=qmp, ping=ping))
+            os.chmod(guest, 0o644)
+            log("virsh create %s (libvirt %s)" %
+                (xml, self.libvirt.virsh("version", "--daemon").split()[-1]))
+            self.libvirt.virsh("create", xml)
+            pidfile = os.path.join(self.libvirt.home, "run", "libvirt", "qemu",
+                                   "run", "lazy.pid")
+            with open(pidfile) as f:
+                self.pid = int(f.read())
+            self.proc = None
+        else:
+            cmd = [qemu, "-accel", "kvm", "-cpu", "host", "-smp", "1",
+                   "-m", mem, "-nodefaults", "-display", "none",
+                   # A triple fault pauses the guest instead of resetting it.
+                   "-action", "reboot=shutdown,shutdown=pause",
+                   "-kernel", guest, "-serial", "file:" + self.serial,
+                   "-qmp", "unix:%s,server=on,wait=off" % qmp,
+                   "-qmp", "unix:%s,server=on,wait=off" % ping]
+            log(" ".join(cmd))
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                         stdout=self.stderr,
+                                         stderr=self.stderr)
+            self.pid = self.proc.pid
         self.qmp = QMP(qmp)
         self.pinger = Pinger(ping)
         self.pinger.start()
         dirs = []
         deadline = time.monotonic() + 30
         while not dirs and time.monotonic() < deadline:
-            dirs = glob.glob("%s/kvm/%d-*" % (DEBUGFS, self.proc.pid))
+            dirs = glob.glob("%s/kvm/%d-*" % (DEBUGFS, self.pid))
             time.sleep(0.1)
         check(len(dirs) == 1, "no single debugfs dir of QEMU's VM: %s" % dirs)
         self.debugfs = dirs[0]
+
+    def alive(self):
+        if self.libvirt:
+            return os.path.exists("/proc/%d" % self.pid)
+        return self.proc.poll() is None
 
     def stat(self, name):
         with open(os.path.join(self.debugfs, name)) as f:
@@ -217,7 +308,7 @@ class VM:
     def wait_passes(self, n, timeout, why):
         deadline = time.monotonic() + timeout
         while self.passes() < n:
-            check(self.proc.poll() is None, "QEMU exited")
+            check(self.alive(), "QEMU exited")
             self.running()
             check(time.monotonic() < deadline,
                   "guest did not reach pass %d %s in %d s (at %d)" %
@@ -229,6 +320,12 @@ class VM:
 
     def quit(self):
         self.pinger.stopping = True
+        if self.libvirt:
+            try:
+                self.libvirt.virsh("destroy", "lazy", timeout=60)
+            except (Failed, subprocess.TimeoutExpired) as e:
+                log("%s" % e)
+            return
         try:
             self.qmp.cmd("quit")
         except (Failed, OSError):
@@ -250,6 +347,19 @@ def wait_for(cond, timeout, what, period=0.1):
               % (timeout, what))
         time.sleep(period)
 
+
+# Reads a FIFO at a given rate (bytes/s): the destination of a live dump.
+FIFO_READER = r"""
+import sys, time
+rate, n, t0 = int(sys.argv[2]), 0, time.monotonic()
+with open(sys.argv[1], "rb") as f:
+    while True:
+        b = f.read(1 << 16)
+        if not b:
+            break
+        n += len(b)
+        time.sleep(max(0, n / rate - (time.monotonic() - t0)))
+"""
 
 RECEIVER = r"""
 import os, socket, sys
@@ -289,13 +399,29 @@ def scenario(vm, case, mode, bandwidth, hold):
     upstream = mode == "upstream"
     regions = vm.stat("pages_2m")
     runs0 = 0 if upstream else vm.stat("collapse_runs")
+    job = None
+    if vm.libvirt:
+        case = "libvirt-" + case
     log("%s: pages_2m %d before the migration" % (case, regions))
 
-    sock = os.path.join(vm.dir, "migrate-%s.sock" % case)
-    recv = subprocess.Popen([sys.executable, "-c", RECEIVER, sock])
-    wait_for(lambda: os.path.exists(sock), 30, "the receiver's socket")
-    vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": bandwidth})
-    vm.qmp.cmd("migrate", uri="unix:" + sock)
+    if vm.libvirt:
+        # libvirt migrates to a file at full speed: the reader sets the pace.
+        fifo = os.path.join(vm.dir, "dump-%s.fifo" % case)
+        os.mkfifo(fifo)
+        subprocess.run(["chown", "nobody:nogroup", fifo], check=True)
+        recv = subprocess.Popen([sys.executable, "-c", FIFO_READER, fifo,
+                                 str(bandwidth)])
+        job = vm.libvirt.popen("dump", "--live", "lazy", fifo,
+                               stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: vm.migration().get("status") == "active", 60,
+                 "virsh dump --live to start QEMU's migration")
+    else:
+        sock = os.path.join(vm.dir, "migrate-%s.sock" % case)
+        recv = subprocess.Popen([sys.executable, "-c", RECEIVER, sock])
+        wait_for(lambda: os.path.exists(sock), 30, "the receiver's socket")
+        vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": bandwidth})
+        vm.qmp.cmd("migrate", uri="unix:" + sock)
     t_start = time.monotonic()
 
     # Logging is on; KVM splits the huge pages as QEMU clears the dirty
@@ -322,13 +448,20 @@ def scenario(vm, case, mode, bandwidth, hold):
     if not upstream:
         tracing(True)
     t_stop = time.monotonic()
-    if case == "fail":
+    if case.endswith("fail"):
         recv.send_signal(signal.SIGKILL)
         want = "failed"
+    elif job:
+        vm.libvirt.virsh("domjobabort", "lazy")
+        want = "cancelled"
     else:
         vm.qmp.cmd("migrate_cancel")
         want = "cancelled"
     recv.wait()
+    if job:
+        out = job.communicate(timeout=120)[0].strip().replace("\n", " | ")
+        log("%s: virsh dump exited %d: %s" % (case, job.returncode, out))
+        check(job.returncode != 0, "virsh dump did not fail")
     wait_for(lambda: vm.migration()["status"] == want, 120,
              "migration status %s" % want, 0.05)
     # QEMU's cleanup stops dirty logging after the status changed (and
@@ -338,7 +471,7 @@ def scenario(vm, case, mode, bandwidth, hold):
     def stopped():
         vm.running()
         return (vm.stat("collapse_pending_slots") or
-                collapse_events(vm.proc.pid))
+                collapse_events(vm.pid))
     if not upstream:
         wait_for(stopped, 60, "KVM to see logging stop", 0.02)
     time.sleep(0.5)
@@ -379,7 +512,7 @@ def scenario(vm, case, mode, bandwidth, hold):
     runs = []
     if not upstream:
         tracing(False)
-        runs = collapse_events(vm.proc.pid)
+        runs = collapse_events(vm.pid)
         check(runs, "no collapse run traced")
         check(all(m == mode for (m, _, _) in runs),
               "%s mode, runs traced: %s" % (mode, runs))
@@ -409,9 +542,9 @@ def scenario(vm, case, mode, bandwidth, hold):
 
 def start(args, mode):
     """Boot the guest; None if it gets no huge pages (SKIP)."""
-    for f in glob.glob(args.workdir + "/*.sock"):
-        os.unlink(f)
-    vm = VM(args.qemu, args.guest, args.mem, args.workdir)
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    os.makedirs(args.workdir)
+    vm = VM(args.qemu, args.guest, args.mem, args.workdir, args.libvirt)
     if mode != "upstream":
         # The debugfs file reads "[sync] deferred ondemand".
         vmode = vm.knob("collapse_mode")
@@ -463,6 +596,8 @@ def main():
     p.add_argument("--qemu", default="qemu-system-x86_64")
     p.add_argument("--guest", default=os.path.join(here, "guest.elf"))
     p.add_argument("--workdir", default="/tmp/vmm")
+    p.add_argument("--libvirt", action="store_true",
+                   help="libvirt runs QEMU and the migration (a live dump)")
     args = p.parse_args()
     args.cases = args.cases or ["fail", "cancel"]
     for c in args.cases:
