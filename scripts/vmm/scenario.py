@@ -206,6 +206,19 @@ class Libvirt:
         return subprocess.Popen(self.cmd(list(args)), env=self.env,
                                 stdin=subprocess.DEVNULL, **kw)
 
+    def stop_daemon(self):
+        """virsh started libvirtd: stop it before its state is removed."""
+        pidfile = os.path.join(self.home, "run", "libvirt", "libvirtd.pid")
+        try:
+            with open(pidfile) as f:
+                pid = int(f.read())
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + 30
+        while os.path.exists("/proc/%d" % pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
 
 class VM:
     """QEMU running guest.elf, its KVM statistics and serial output."""
@@ -325,6 +338,7 @@ class VM:
                 self.libvirt.virsh("destroy", "lazy", timeout=60)
             except (Failed, subprocess.TimeoutExpired) as e:
                 log("%s" % e)
+            self.libvirt.stop_daemon()
             return
         try:
             self.qmp.cmd("quit")
@@ -595,7 +609,8 @@ def main():
                    help="only run the guest this many seconds, no migration")
     p.add_argument("--qemu", default="qemu-system-x86_64")
     p.add_argument("--guest", default=os.path.join(here, "guest.elf"))
-    p.add_argument("--workdir", default="/tmp/vmm")
+    p.add_argument("--workdir", default="/tmp/vmm",
+                   help="scratch directory, emptied first")
     p.add_argument("--libvirt", action="store_true",
                    help="libvirt runs QEMU and the migration (a live dump)")
     args = p.parse_args()
