@@ -18,8 +18,9 @@ the stages (default: all of: $ALL_STAGES):
           tests/lazy_collapse_shadow.list in every collapse mode
   vmm     test kernel, a real VMM: Debian's QEMU (from the host's root,
           shared over 9p) migrates a guest and the migration fails or is
-          cancelled (tests/vmm.list, scripts/vmm/scenario.py), every mode;
-          under TCG the vCPUs run in one thread (see scripts/vmm.sh)
+          cancelled, driven over QMP and then through libvirt
+          (tests/vmm.list, scripts/vmm/scenario.py), every mode; under TCG
+          the vCPUs run in one thread (see scripts/vmm.sh)
   debug   debug kernel (KASAN, lockdep, ...): tests/lazy_collapse_debug.list
           in every mode, tests/debug-upstream.list
 Every test is a KTAP result; each boot adds one more: the VM exited by

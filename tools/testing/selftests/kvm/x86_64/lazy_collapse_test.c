@@ -383,31 +383,40 @@ static void test_stoptime(void)
 	free_test_vm(t);
 }
 
+/* Guest memory mapped huge, in 2MiB units (a 1GiB mapping counts 512). */
+static uint64_t huge_2m(struct test_vm *t)
+{
+	return STAT(t, "pages_2m") + HPAGE_PAGES * STAT(t, "pages_1g");
+}
+
 /*
  * restore: huge pages are back to the pre-logging count once the collapse
  * ran and the guest touched its memory again; not before in ondemand mode.
+ * With 1GiB hugetlb backing, the 1GiB mappings come back.
  */
 static void test_restore(void)
 {
 	struct test_vm *t = create_test_vm(test_size, false);
 	int mode = vm_mode(t->vm);
-	uint64_t before, split, after, sptes, holds;
+	uint64_t before, split, after, sptes, holds, gb_before;
 
 	vm_set(t->vm, "collapse_delay_ms", "3000");
 	if (restore_batch)
 		vm_set(t->vm, "collapse_batch", restore_batch);
 	pass(t, 1, true);
-	before = STAT(t, "pages_2m") + STAT(t, "pages_1g");
+	before = huge_2m(t);
+	gb_before = STAT(t, "pages_1g");
 	/* Without huge pages to start with, nothing here would be tested. */
 	TEST_ASSERT(before >= test_size / (2 << 20) / 2,
-		    "Only %lu huge pages mapped for %lu MiB", before,
+		    "Only %lu 2MiB regions of %lu MiB mapped huge", before,
 		    test_size >> 20);
 
 	set_logging(t, TEST_SLOT, true);
 	pass(t, 2, true);
-	split = STAT(t, "pages_2m") + STAT(t, "pages_1g");
+	split = huge_2m(t);
 	/* Dirty logging maps every written page with 4KiB SPTEs. */
-	TEST_ASSERT(split < before, "No split: %lu huge pages before, %lu logging",
+	TEST_ASSERT(split < before,
+		    "No split: %lu 2MiB regions mapped huge before, %lu logging",
 		    before, split);
 
 	set_logging(t, TEST_SLOT, false);
@@ -426,9 +435,9 @@ static void test_restore(void)
 		pass(t, 3, false);
 		TEST_ASSERT_EQ(STAT(t, "collapse_pending_slots"), 1);
 		TEST_ASSERT_EQ(STAT(t, "collapse_runs"), 0);
-		after = STAT(t, "pages_2m") + STAT(t, "pages_1g");
+		after = huge_2m(t);
 		TEST_ASSERT(after < before,
-			    "ondemand: %lu huge pages back before collapse_now (%lu before logging)",
+			    "ondemand: %lu 2MiB regions mapped huge before collapse_now (%lu before logging)",
 			    after, before);
 		vm_set(t->vm, "collapse_now", "1");
 	}
@@ -455,15 +464,21 @@ static void test_restore(void)
 			    STAT(t, "collapse_time_ns"), holds);
 
 	pass(t, 4, false);
-	after = STAT(t, "pages_2m") + STAT(t, "pages_1g");
-	ksft_print_msg("restore [%s]: huge pages %lu before logging, %lu logging, %lu after\n",
+	after = huge_2m(t);
+	ksft_print_msg("restore [%s]: huge 2MiB regions %lu before, %lu logging, %lu after\n",
 		       mode_names[mode], before, split, after);
+	ksft_print_msg("restore [%s]: 1GiB mappings: %lu before logging, %lu after\n",
+		       mode_names[mode], gb_before, STAT(t, "pages_1g"));
 	ksft_print_msg("restore [%s]: %lu SPTEs zapped in %lu us, batch %u, longest hold %lu us\n",
 		       mode_names[mode], sptes, STAT(t, "collapse_time_ns") / 1000,
 		       vm_batch(t->vm), STAT(t, "collapse_max_hold_ns") / 1000);
 	TEST_ASSERT(after >= before,
-		    "%s: only %lu huge pages back, %lu before logging",
+		    "%s: only %lu 2MiB regions mapped huge again, %lu before logging",
 		    mode_names[mode], after, before);
+	/* 1GiB backing: the 1GiB mappings come back, not 2MiB ones. */
+	TEST_ASSERT(STAT(t, "pages_1g") >= gb_before,
+		    "%s: %lu 1GiB mappings again, %lu before logging",
+		    mode_names[mode], STAT(t, "pages_1g"), gb_before);
 	free_test_vm(t);
 }
 
