@@ -80,7 +80,7 @@ collect() { # log prefix
 		"not ok "*) name=${line#not ok * }; record fail "$2$name" ;;
 		esac
 		seen=$((seen + 1))
-	done < <(grep -E '^((not )?ok [0-9]+ |1\.\.[0-9]+$)' "$1" || true)
+	done < <(tr -d '\r' <"$1" | grep -E '^((not )?ok [0-9]+ |1\.\.[0-9]+$)' || true)
 	# A script that dies half-way must not pass by printing fewer results.
 	if [ "$seen" -lt "$plan" ]; then
 		record fail "$2$((plan - seen)) of $plan planned results missing"
