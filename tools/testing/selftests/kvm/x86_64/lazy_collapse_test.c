@@ -454,9 +454,10 @@ static void test_restore(void)
 	 * every region here was split: with 16 holds or more, the longest
 	 * is about 1/16 of the run or less.  A quarter leaves room for a
 	 * hold stretched by interrupts, and fails if the run was one hold.
+	 * Not with 1GiB backing: a 1GiB region is zapped in one hold.
 	 */
 	holds = DIV_ROUND_UP(test_size >> 21, vm_batch(t->vm));
-	if (mode != 0 && holds >= 16)
+	if (mode != 0 && holds >= 16 && !gb_before)
 		TEST_ASSERT(STAT(t, "collapse_max_hold_ns") * 4 <=
 			    STAT(t, "collapse_time_ns"),
 			    "%s: longest lock hold %lu ns of a %lu ns run that collapse_batch splits in %lu",
