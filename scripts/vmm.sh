@@ -18,8 +18,9 @@ the guest ran on with its memory intact, and prints the stop time QEMU saw
 (its longest QMP round trip) next to KVM's collapse time ("qemu-result"
 lines). tests/vmm.list also runs it with --libvirt: a session libvirtd
 starts QEMU, and 'virsh dump --live' into a FIFO is the migration, failed
-by killing the reader or aborted with 'virsh domjobabort'. scripts/bench.sh --qemu adds the same runs to the benchmark, on
-the unmodified kernel too.
+by killing the reader or aborted with 'virsh domjobabort'.
+scripts/bench.sh --qemu adds the QEMU runs to the benchmark, on the
+unmodified kernel too.
   --modes   collapse modes (default: "sync deferred ondemand")
   --repeat  run the list N times in the same boot (default: 1)
 Logs go to out/vmm-<time>/. './run test' runs the same list as its "vmm"
