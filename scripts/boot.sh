@@ -27,6 +27,11 @@ stalls, panics.
   --append ARGS    extra kernel command line (e.g. kvm.tdp_mmu=N)
   --logdir DIR     where the logs go (default: out/boot-<time>)
   --timeout SECS   wall-clock limit (default: 1800)
+  --idle SECS      a hang: no new output from the command for SECS (default:
+                   600); the VM's registers go to LOGDIR/hang-registers.txt
+                   and an NMI makes its kernel panic with a dump of CPUs,
+                   blocked tasks and held locks in console.log, then QEMU
+                   is stopped
   --mem SIZE       guest memory (default: 6G)
   --smp N          vCPUs (default: 2)
   --tcg-thread T   TCG only: multi (one host thread per vCPU, default) or
@@ -35,7 +40,7 @@ stalls, panics.
 USAGE
 }
 
-cfg="test" kernel="" append="" logdir="" timeout=1800 mem=6G smp=2 tcg_thread=multi
+cfg="test" kernel="" append="" logdir="" timeout=1800 idle=600 mem=6G smp=2 tcg_thread=multi
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--config) cfg=${2:?}; shift ;;
@@ -43,6 +48,7 @@ while [ $# -gt 0 ]; do
 	--append) append=${2:?}; shift ;;
 	--logdir) logdir=${2:?}; shift ;;
 	--timeout) timeout=${2:?}; shift ;;
+	--idle) idle=${2:?}; shift ;;
 	--mem) mem=${2:?}; shift ;;
 	--smp) smp=${2:?}; shift ;;
 	--tcg-thread) tcg_thread=${2:?}; shift ;;
@@ -85,7 +91,13 @@ mkdir -p "$logdir"
 
 # The command travels as a second cpio archive appended to the initramfs.
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+cleanup() {
+	local rc=$?
+	[ -z "${qpid:-}" ] || kill "$qpid" 2>/dev/null || true
+	rm -rf "$work"
+	exit "$rc"
+}
+trap cleanup EXIT
 printf '%s\n' "$*" >"$work/cmd"
 (cd "$work" && echo cmd | cpio --quiet -o -H newc -R 0:0 | gzip -1 >cmd.cpio.gz)
 cat "$initrd" "$work/cmd.cpio.gz" >"$work/initrd"
@@ -103,14 +115,54 @@ fi
 log "booting $kernel (${accel[*]}), logs in $logdir"
 tail -n +1 -f "$logdir/output.log" &
 tailpid=$!
-set +e
-timeout --foreground -k 10 "$timeout" qemu-system-x86_64 "${accel[@]}" \
+# On a hang the monitor socket gets the registers and an NMI, which
+# unknown_nmi_panic turns into a panic that panic_print fills with the
+# backtraces of all CPUs (0x40), held locks (0x08) and blocked tasks (0x80).
+monitor() { # HMP command
+	python3 - "$work/mon" "$1" <<'PY' 2>/dev/null || true
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+time.sleep(2)
+try:
+    sys.stdout.write(s.recv(1 << 20).decode(errors="replace"))
+except OSError:
+    pass
+PY
+}
+timeout -k 10 "$timeout" qemu-system-x86_64 "${accel[@]}" \
 	-smp "$smp" -m "$mem" -nographic -no-reboot -nodefaults \
 	-kernel "$kernel" -initrd "$work/initrd" \
-	-append "console=ttyS0 panic=-1 oops=panic softlockup_panic=0 $append" \
+	-append "console=ttyS0 panic=-1 oops=panic softlockup_panic=0 unknown_nmi_panic panic_print=0xc8 $append" \
 	-serial "file:$logdir/console.log" -serial "file:$logdir/output.log" \
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-	-monitor none </dev/null >"$logdir/qemu.log" 2>&1
+	-monitor "unix:$work/mon,server=on,wait=off" </dev/null >"$logdir/qemu.log" 2>&1 &
+qpid=$!
+# The watchdog: the command's output must move at least every $idle s.
+last=$(date +%s) size=0 hung=0
+while kill -0 "$qpid" 2>/dev/null; do
+	sleep 5
+	now=$(date +%s) cur=$(stat -c %s "$logdir/output.log")
+	if [ "$cur" != "$size" ]; then
+		size=$cur last=$now
+	elif [ $((now - last)) -ge "$idle" ]; then
+		hung=1
+		echo "${0##*/}: no output for ${idle}s: registers to hang-registers.txt, NMI for a dump" >&2
+		monitor "info registers -a" >"$logdir/hang-registers.txt"
+		monitor nmi >/dev/null
+		# panic=-1 and -no-reboot: QEMU exits once the dump is out.
+		for _ in $(seq 60); do
+			kill -0 "$qpid" 2>/dev/null || break
+			sleep 1
+		done
+		kill "$qpid" 2>/dev/null || true
+		break
+	fi
+done
+set +e
+wait "$qpid"
 qrc=$?
 set -e
 sleep 0.5
@@ -120,7 +172,9 @@ wait "$tailpid" 2>/dev/null || true
 rc=$(sed -n 's/^LAZY-EXIT: \([0-9]*\).*/\1/p' "$logdir/output.log" | tail -n1)
 status=0
 if [ -z "$rc" ]; then
-	echo "${0##*/}: no exit status from the VM (qemu exit $qrc; timeout ${timeout}s): hang or crash, see $logdir/console.log" >&2
+	why="qemu exit $qrc; timeout ${timeout}s"
+	[ "$hung" = 0 ] || why="no output for ${idle}s"
+	echo "${0##*/}: no exit status from the VM ($why): hang or crash, see $logdir/console.log" >&2
 	tail -n 30 "$logdir/console.log" >&2 || true
 	status=1
 elif [ "$rc" != 0 ]; then
@@ -128,5 +182,28 @@ elif [ "$rc" != 0 ]; then
 	status=1
 fi
 check_console "$logdir/console.log" || status=1
+# The test kernel has no kallsyms: name the code addresses of a failed
+# boot's backtraces from its System.map, in console-symbols.log.
+map="$(dirname "$kernel")/../../../System.map"
+if [ "$status" != 0 ] && [ -r "$map" ]; then
+	python3 - "$map" "$logdir/console.log" >"$logdir/console-symbols.log" <<'PY' || true
+import bisect, re, sys
+syms = []
+for line in open(sys.argv[1]):
+    addr, kind, name = line.split()[:3]
+    if kind in "tTwW":
+        syms.append((int(addr, 16), name))
+syms.sort()
+keys = [a for a, _ in syms]
+def name(m):
+    a = int(m.group(0), 16)
+    i = bisect.bisect_right(keys, a) - 1
+    if i < 0 or a - keys[i] > 0x100000:
+        return m.group(0)
+    return "%s <%s+0x%x>" % (m.group(0), syms[i][1], a - keys[i])
+for line in open(sys.argv[2], errors="replace"):
+    sys.stdout.write(re.sub(r"0xffffffff[0-9a-f]{8}", name, line))
+PY
+fi
 echo "$status" >"$logdir/status"
 exit "$status"

@@ -97,6 +97,22 @@ collect() { # log prefix
 	{ buf[n % 12] = $0; n++ }' "$1" >>"$res/failures.txt"
 }
 
+# What a VM that hung, crashed or splatted left, in a few lines for the
+# summary: the verdict, the test it was running, the first kernel splat
+# lines and the end of its console.
+boot_failure() { # name
+	local d="$res/$1"
+	grep -hE 'boot.sh:' "$res/$1.log" | grep -v 'lines above' |
+		head -n 2 | sed "s/^/# --- $1: /"
+	# run-tests.sh names each test on the line after the plan or a result.
+	tr -d '\r' <"$d/output.log" | awk 'p { if (/^# /) last = $0; p = 0 }
+		/^(not )?ok [0-9]+ |^1\.\.[0-9]+$/ { p = 1 }
+		END { if (last != "") print "# last test started: " substr(last, 3) }'
+	"$TOP/scripts/boot.sh" --check-log "$d/console.log" 2>&1 |
+		tr -d '\r' | head -n 6 | sed 's/^/# console: /'
+	tr -d '\r' <"$d/console.log" | tail -n 4 | sed 's/^/# console end: /'
+}
+
 stage_time() {
 	echo "# stage $1: $(( $(date +%s) - $2 )) s" | tee -a "$results"
 }
@@ -106,7 +122,13 @@ boot_stage() { # name config append runner-args...
 	local name=$1 cfg=$2 append=$3 t0
 	shift 3
 	t0=$(date +%s)
-	local args=(--config "$cfg" --logdir "$res/$name")
+	local args=(--config "$cfg" --logdir "$res/$name") l tmo=0
+	# A hang: no output for longer than the longest test may run.
+	for l in "$@"; do
+		tmo=$(awk -v m="$tmo" '!/^#/ && $2 > m { m = $2 } END { print m }' \
+			"$TOP/tests/$l")
+	done
+	args+=(--idle $((tmo + 120)))
 	[ -z "$append" ] || args+=(--append "$append")
 	# QEMU 7.2's multi-threaded TCG breaks the nested QEMU guest of the
 	# vmm stage now and then, on unmodified kernels too (scripts/vmm.sh).
@@ -124,6 +146,7 @@ boot_stage() { # name config append runner-args...
 			record ok "$name: VM exited cleanly, no kernel splat"
 		else
 			record fail "$name: VM exited cleanly, no kernel splat"
+			boot_failure "$name" >>"$res/failures.txt"
 		fi
 	fi
 	collect "$res/$name/output.log" "$name: "

@@ -88,9 +88,20 @@ for m in $modes; do
 		while :; do
 			# busybox sh has no PIPESTATUS: the status goes through a file.
 			rm -f /tmp/rc /tmp/exits
-			[ "$tcg" = 1 ] && [ "$tmo" -gt 10 ] && {
-				sleep $((tmo - 5))
-				sample_exits >/tmp/exits
+			# Under TCG, what the guest exits for just before the
+			# timeout; a test still there 30 s after it is stuck in
+			# the kernel: its stack and the CPUs' go to the console.
+			{
+				if [ "$tcg" = 1 ] && [ "$tmo" -gt 10 ]; then
+					sleep $((tmo - 5))
+					sample_exits >/tmp/exits
+					sleep 35
+				else
+					sleep $((tmo + 30))
+				fi
+				echo "# $name$suffix: still running 30 s after its timeout: blocked tasks and CPU backtraces (SysRq w, l) in the console log"
+				echo w >/proc/sysrq-trigger
+				echo l >/proc/sysrq-trigger
 			} &
 			watch=$!
 			{
