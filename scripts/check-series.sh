@@ -77,6 +77,7 @@ if [ "$build" = 1 ]; then
 			continue
 		fi
 		git -C "$LINUX" checkout -q "$c"
+		t0=$(date +%s)
 		if "$TOP/scripts/build-kernel.sh" --config "$cfg" --vmlinux \
 			>"$BUILD/bisect.log" 2>&1; then
 			rc=0
@@ -84,6 +85,7 @@ if [ "$build" = 1 ]; then
 			rc=1
 			tail -n 30 "$BUILD/bisect.log" | sed 's/^/# /' || true
 		fi
+		echo "# $subj: built in $(( $(date +%s) - t0 )) s"
 		result "$rc" "builds: $subj"
 	done
 	git -C "$LINUX" checkout -q "$branch"

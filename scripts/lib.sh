@@ -7,6 +7,16 @@ BUILD="${BUILD:-$TOP/build}"
 OUT="${OUT:-$TOP/out}"
 SRC_TARBALL="${SRC_TARBALL:-/usr/src/linux-source-6.12.tar.xz}"
 JOBS="${JOBS:-$(nproc)}"
+# A one-shot run on a fresh machine (CI) cannot hit in an empty ccache and
+# pays for every miss: ccache runs the preprocessor as well as the compiler,
+# 17-30% more per kernel file measured here. It stays on everywhere else,
+# and in CI too once its cache holds something (CCACHE_DISABLE keeps the
+# command lines, so switching never forces a rebuild).
+if [ "${CI:-}" = true ] && command -v ccache >/dev/null &&
+	[ -z "$(find "$(ccache --get-config cache_dir 2>/dev/null || echo /nonexistent)" \
+		-name '*.conf' -prune -o -type f -print -quit 2>/dev/null)" ]; then
+	export CCACHE_DISABLE=1
+fi
 # Tag of the pristine base commit in linux/.
 export BASE_TAG=base
 
