@@ -3,7 +3,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-ALL_STAGES="series tdp shadow vmm debug"
+ALL_STAGES="series tdp shadow npt0 vmm debug"
 
 usage() {
 	cat <<USAGE
@@ -15,6 +15,9 @@ the stages (default: all of: $ALL_STAGES):
   tdp     test kernel, TDP MMU: tests/upstream.list and
           tests/lazy_collapse.list in every collapse mode
   shadow  test kernel booted with kvm.tdp_mmu=N (shadow MMU, rmap walk):
+          tests/lazy_collapse_shadow.list in every collapse mode
+  npt0    test kernel booted with kvm_amd.npt=0 kvm_intel.ept=0 (shadow
+          paging: the shadow MMU shadows the guest's own page tables):
           tests/lazy_collapse_shadow.list in every collapse mode
   vmm     test kernel, a real VMM: Debian's QEMU (from the host's root,
           shared over 9p) migrates a guest and the migration fails or is
@@ -203,11 +206,13 @@ for s in "${stages[@]}"; do
 		collect "$res/series.log" "series: "
 		stage_time series "$t0"
 		;;
-	tdp | shadow | vmm)
+	tdp | shadow | npt0 | vmm)
 		build_all test "$s" || continue
 		case "$s" in
 		tdp) boot_stage tdp test "" upstream.list lazy_collapse.list ;;
 		shadow) boot_stage shadow test "kvm.tdp_mmu=N" lazy_collapse_shadow.list ;;
+		npt0) boot_stage npt0 test "kvm_amd.npt=0 kvm_intel.ept=0" \
+			lazy_collapse_shadow.list ;;
 		vmm) boot_stage vmm test "" vmm.list ;;
 		esac
 		;;
