@@ -105,15 +105,19 @@ collect() { # log prefix
 # lines and the end of its console.
 boot_failure() { # name
 	local d="$res/$1"
-	grep -hE 'boot.sh:' "$res/$1.log" | grep -v 'lines above' |
-		head -n 2 | sed "s/^/# --- $1: /"
+	# Under pipefail: boot.sh --check-log and grep fail when they find
+	# a splat or nothing; neither may end the run.
+	echo "# --- $1: the VM hung, crashed or printed a kernel splat"
+	{ grep -hE 'boot.sh:' "$res/$1.log" || true; } | grep -v 'lines above' |
+		head -n 2 | sed 's/^/# /' || true
 	# run-tests.sh names each test on the line after the plan or a result.
 	tr -d '\r' <"$d/output.log" | awk 'p { if (/^# /) last = $0; p = 0 }
 		/^(not )?ok [0-9]+ |^1\.\.[0-9]+$/ { p = 1 }
-		END { if (last != "") print "# last test started: " substr(last, 3) }'
-	"$TOP/scripts/boot.sh" --check-log "$d/console.log" 2>&1 |
-		tr -d '\r' | head -n 6 | sed 's/^/# console: /'
-	tr -d '\r' <"$d/console.log" | tail -n 4 | sed 's/^/# console end: /'
+		END { if (last != "") print "# last test started: " substr(last, 3) }' || true
+	{ "$TOP/scripts/boot.sh" --check-log "$d/console.log" 2>&1 || true; } |
+		grep -v 'lines above' | tr -d '\r' | head -n 6 |
+		sed 's/^/# console: /' || true
+	tr -d '\r' <"$d/console.log" | tail -n 4 | sed 's/^/# console end: /' || true
 }
 
 stage_time() {
