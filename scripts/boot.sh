@@ -112,7 +112,7 @@ else
 	# Tells scripts/vm/run-tests.sh that the guest's SVM is emulated,
 	# and scripts/vmm/scenario.py how.
 	append="lazy_tcg=1 lazy_tcg_thread=$tcg_thread $append"
-	# One thread for every vCPU: QEMU 7.2 now and then runs a nested
+	# One host thread for all vCPUs: QEMU 7.2 now and then runs a nested
 	# guest for tens of seconds without returning to the test VM, whose
 	# vCPUs all freeze; when they run again the soft-lockup detector
 	# reports the jump in time at the VMRUN return of KVM_RUN (44 s in a

@@ -291,6 +291,12 @@ class VM:
         with open(os.path.join(self.debugfs, name), "w") as f:
             f.write(value)
 
+    def log_registers(self, lines=None):
+        regs = self.qmp.cmd("human-monitor-command",
+                            **{"command-line": "info registers"})
+        for line in regs.splitlines()[:lines]:
+            log("registers: " + line)
+
     def running(self):
         """Fail, with the guest's registers, if it is not running."""
         st = self.qmp.cmd("query-status")
@@ -298,10 +304,7 @@ class VM:
             return
         why = [e["data"] for e in self.qmp.events
                if e["event"] in ("SHUTDOWN", "RESET", "GUEST_PANICKED")]
-        regs = self.qmp.cmd("human-monitor-command",
-                            **{"command-line": "info registers"})
-        for line in regs.splitlines():
-            log("registers: " + line)
+        self.log_registers()
         err = GuestReset if any(w.get("reason") == "guest-reset"
                                 for w in why) else Failed
         raise err("guest %s (%s), at pass %d" %
@@ -330,10 +333,7 @@ class VM:
             if time.monotonic() >= deadline:
                 # Where the guest is: firmware, the payload, or a loop.
                 for _ in range(2):
-                    regs = self.qmp.cmd("human-monitor-command",
-                                        **{"command-line": "info registers"})
-                    for line in regs.splitlines()[:3]:
-                        log("registers: " + line)
+                    self.log_registers(3)
                     time.sleep(1)
             check(time.monotonic() < deadline,
                   "guest did not reach pass %d %s in %d s (at %d)" %
