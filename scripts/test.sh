@@ -129,12 +129,10 @@ boot_stage() { # name config append runner-args...
 	local name=$1 cfg=$2 append=$3 t0
 	shift 3
 	t0=$(date +%s)
-	local args=(--config "$cfg" --logdir "$res/$name") l tmo=0
+	local args=(--config "$cfg" --logdir "$res/$name") tmo
 	# A hang: no output for longer than the longest test may run.
-	for l in "$@"; do
-		tmo=$(awk -v m="$tmo" '!/^#/ && $2 > m { m = $2 } END { print m }' \
-			"$TOP/tests/$l")
-	done
+	tmo=$(awk '!/^#/ && $2 > m { m = $2 } END { print m + 0 }' \
+		"${@/#/$TOP/tests/}")
 	args+=(--idle $((tmo + 120)))
 	[ -z "$append" ] || args+=(--append "$append")
 	# QEMU 7.2's multi-threaded TCG breaks the nested QEMU guest of the
