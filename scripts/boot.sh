@@ -94,6 +94,7 @@ mkdir -p "$logdir"
 
 # The command travels as a second cpio archive appended to the initramfs.
 work=$(mktemp -d)
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
 	local rc=$?
 	[ -z "${qpid:-}" ] || kill "$qpid" 2>/dev/null || true
@@ -129,22 +130,34 @@ tailpid=$!
 # On a hang the monitor socket gets the registers and an NMI, which
 # unknown_nmi_panic turns into a panic that panic_print fills with the
 # backtraces of all CPUs (0x40), held locks (0x08) and blocked tasks (0x80).
-monitor() { # HMP command
+monitor() { # HMP command: prints its answer
 	python3 - "$work/mon" "$1" <<'PY' 2>/dev/null || true
-import socket, sys, time
+import socket, sys
 s = socket.socket(socket.AF_UNIX)
-s.settimeout(5)
+s.settimeout(10)
 s.connect(sys.argv[1])
+def upto_prompt():
+    buf = b""
+    while not buf.endswith(b"(qemu) "):
+        data = s.recv(1 << 16)
+        if not data:
+            break
+        buf += data
+    return buf.decode(errors="replace")
+upto_prompt()
 s.sendall(sys.argv[2].encode() + b"\n")
-time.sleep(2)
-try:
-    sys.stdout.write(s.recv(1 << 20).decode(errors="replace"))
-except OSError:
-    pass
+out = upto_prompt()
+# HMP echoes the command line first, with terminal escapes.
+sys.stdout.write(out.split("\n", 1)[-1].rsplit("(qemu) ", 1)[0].replace("\r", ""))
 PY
 }
+# A reset (the VM's own reboot at the end, a panic, or a triple fault)
+# pauses the VM instead of ending QEMU, so that a reset nobody asked for
+# leaves its registers: the loop below saves them and quits QEMU.
 timeout -k 10 "$timeout" qemu-system-x86_64 "${accel[@]}" \
-	-smp "$smp" -m "$mem" -nographic -no-reboot -nodefaults \
+	-smp "$smp" -m "$mem" -nographic -nodefaults \
+	-action reboot=shutdown,shutdown=pause \
+	-d cpu_reset -D "$logdir/qemu-reset.log" \
 	-kernel "$kernel" -initrd "$work/initrd" \
 	-append "console=ttyS0 panic=-1 oops=panic softlockup_panic=0 unknown_nmi_panic panic_print=0xc8 $append" \
 	-serial "file:$logdir/console.log" -serial "file:$logdir/output.log" \
@@ -152,10 +165,31 @@ timeout -k 10 "$timeout" qemu-system-x86_64 "${accel[@]}" \
 	-monitor "unix:$work/mon,server=on,wait=off" </dev/null >"$logdir/qemu.log" 2>&1 &
 qpid=$!
 # The watchdog: the command's output must move at least every $idle s.
-last=$(date +%s) size=0 hung=0
+# The VM is asked whether it has shut down (paused by its own reset) when
+# the command has reported its status, when QEMU logged a triple fault,
+# and every 10 s of silence.
+last=$(date +%s) size=0 hung=0 asked=$last reset=""
 while kill -0 "$qpid" 2>/dev/null; do
-	sleep 5
+	sleep 1
 	now=$(date +%s) cur=$(stat -c %s "$logdir/output.log")
+	if grep -q '^LAZY-EXIT:' "$logdir/output.log" ||
+		grep -qs 'Triple fault' "$logdir/qemu-reset.log" ||
+		[ $((now - asked)) -ge 10 ]; then
+		asked=$now
+		if monitor "info status" | grep -q shutdown; then
+			if ! grep -q '^LAZY-EXIT:' "$logdir/output.log"; then
+				reset="the VM reset itself"
+				if grep -qs 'Triple fault' "$logdir/qemu-reset.log"; then
+					reset+=" (QEMU: triple fault)"
+				fi
+				monitor "info registers -a" >"$logdir/reset-registers.txt"
+				echo "${0##*/}: $reset before the command reported its status; registers in reset-registers.txt" >&2
+			fi
+			monitor quit >/dev/null
+			# QEMU quits before answering: the loop ends.
+			continue
+		fi
+	fi
 	if [ "$cur" != "$size" ]; then
 		size=$cur last=$now
 	elif [ $((now - last)) -ge "$idle" ]; then
@@ -163,11 +197,13 @@ while kill -0 "$qpid" 2>/dev/null; do
 		echo "${0##*/}: no output for ${idle}s: registers to hang-registers.txt, NMI for a dump" >&2
 		monitor "info registers -a" >"$logdir/hang-registers.txt"
 		monitor nmi >/dev/null
-		# panic=-1 and -no-reboot: QEMU exits once the dump is out.
+		# panic=-1: the VM resets, which pauses it, once the dump is out.
 		for _ in $(seq 60); do
-			kill -0 "$qpid" 2>/dev/null || break
 			sleep 1
+			! monitor "info status" | grep -q shutdown || break
 		done
+		monitor quit >/dev/null
+		sleep 1
 		kill "$qpid" 2>/dev/null || true
 		break
 	fi
@@ -185,6 +221,7 @@ status=0
 if [ -z "$rc" ]; then
 	why="qemu exit $qrc; timeout ${timeout}s"
 	[ "$hung" = 0 ] || why="no output for ${idle}s"
+	[ -z "$reset" ] || why=$reset
 	echo "${0##*/}: no exit status from the VM ($why): hang or crash, see $logdir/console.log" >&2
 	tail -n 30 "$logdir/console.log" >&2 || true
 	status=1
@@ -194,10 +231,11 @@ elif [ "$rc" != 0 ]; then
 fi
 check_console "$logdir/console.log" || status=1
 # The test kernel has no kallsyms: name the code addresses of a failed
-# boot's backtraces from its System.map, in console-symbols.log.
+# boot's backtraces (and of the registers of a reset) from its System.map,
+# in console-symbols.log (reset-registers-symbols.txt).
 map="$(dirname "$kernel")/../../../System.map"
-if [ "$status" != 0 ] && [ -r "$map" ]; then
-	python3 - "$map" "$logdir/console.log" >"$logdir/console-symbols.log" <<'PY' || true
+symbols() { # in out
+	python3 - "$map" "$1" >"$2" <<'PY' || true
 import bisect, re, sys
 syms = []
 for line in open(sys.argv[1]):
@@ -213,8 +251,16 @@ def name(m):
         return m.group(0)
     return "%s <%s+0x%x>" % (m.group(0), syms[i][1], a - keys[i])
 for line in open(sys.argv[2], errors="replace"):
-    sys.stdout.write(re.sub(r"0xffffffff[0-9a-f]{8}", name, line))
+    sys.stdout.write(re.sub(r"\b(0x)?ffffffff[0-9a-f]{8}\b", name, line))
 PY
+}
+if [ "$status" != 0 ] && [ -r "$map" ]; then
+	symbols "$logdir/console.log" "$logdir/console-symbols.log"
+	if [ -s "$logdir/reset-registers.txt" ]; then
+		symbols "$logdir/reset-registers.txt" "$logdir/reset-registers-symbols.txt"
+		grep -E '^(CPU#|RIP|CR0)' "$logdir/reset-registers-symbols.txt" |
+			sed "s/^/${0##*/}: reset: /" >&2 || true
+	fi
 fi
 echo "$status" >"$logdir/status"
 exit "$status"
