@@ -41,6 +41,7 @@ tests=$(cat "$@" | sed -e 's/#.*//' -e '/^[[:space:]]*$/d')
 # The tests of one mode, names without their @modes.
 tests_for() {
 	echo "$tests" | while read -r name rest; do
+		[ -n "$name" ] || continue
 		case "$name" in
 		*@*)
 			case ",${name#*@}," in
