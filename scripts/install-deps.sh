@@ -21,7 +21,7 @@ esac
 
 pkgs=(
 	linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev
-	dwarves cpio xz-utils gzip file kmod rsync ccache python3 python3-ply procps
+	dwarves cpio xz-utils gzip file kmod rsync ccache python3 python3-ply
 	python3-git perl qemu-system-x86 busybox-static shellcheck gnuplot-nox
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )
