@@ -68,6 +68,8 @@ static uint64_t test_size = 1ULL << 30;
 static uint64_t race_size = 64ULL << 20;
 static int nr_vcpus = 2;
 static int iterations = 20;
+#define MAX_STOPS	16
+static int nr_stops = 5;
 static const char *restore_batch;
 static unsigned int seed;
 static enum vm_mem_backing_src_type backing = VM_MEM_SRC_ANONYMOUS_THP;
@@ -322,8 +324,9 @@ static void require_lazy_collapse(void)
 }
 
 /*
- * stoptime: the fastest of 5 stops of a 2MiB slot and of a test_size slot,
- * both split by a full dirty pass first, measured alternately in one VM.
+ * stoptime: the fastest of nr_stops (-n, default 5) stops of a 2MiB slot and
+ * of a test_size slot, both split by a full dirty pass first, measured
+ * alternately in one VM.
  * Noise here only ever adds time (interrupts, RCU grace periods, the other
  * vCPU threads), so the minimum is the estimate least hurt by it.
  *
@@ -338,13 +341,13 @@ static void test_stoptime(void)
 {
 	struct test_vm *t = create_test_vm(test_size, true);
 	int mode = vm_mode(t->vm);
-	uint64_t small[5], big[5], ms, mb, collapse_ns;
+	uint64_t small[MAX_STOPS], big[MAX_STOPS], ms, mb, collapse_ns;
 	int i;
 
 	/* The lazy modes must not collapse while this measures. */
 	vm_set(t->vm, "collapse_delay_ms", "3600000");
 	pass(t, 1, true);
-	for (i = 0; i < 5; i++) {
+	for (i = 0; i < nr_stops; i++) {
 		set_logging(t, TEST_SLOT, true);
 		set_logging(t, SMALL_SLOT, true);
 		pass(t, i + 2, true);
@@ -356,8 +359,8 @@ static void test_stoptime(void)
 			big[i] = timed_stop(t, TEST_SLOT);
 		}
 	}
-	qsort(small, 5, sizeof(small[0]), cmp_u64);
-	qsort(big, 5, sizeof(big[0]), cmp_u64);
+	qsort(small, nr_stops, sizeof(small[0]), cmp_u64);
+	qsort(big, nr_stops, sizeof(big[0]), cmp_u64);
 	ms = small[0];
 	mb = big[0];
 	ksft_print_msg("stoptime [%s]: 2MiB %lu us, %lu MiB %lu us, ratio %.1f\n",
@@ -830,7 +833,8 @@ static void help(const char *name)
 {
 	puts("");
 	printf("usage: %s [-h] [-t subtest] [-b size] [-r size] [-s backing]\n"
-	       "          [-v vcpus] [-i iterations] [-S seed] [-B batch]\n", name);
+	       "          [-v vcpus] [-i iterations] [-n stops] [-S seed] [-B batch]\n",
+	       name);
 	puts(" -t: run only this subtest (knobs, restore, stoptime, races,");
 	puts("     teardown); may be repeated. Default: all");
 	puts(" -b: size of the large slot of stoptime and restore (default 1G)");
@@ -838,6 +842,8 @@ static void help(const char *name)
 	backing_src_help("-s");
 	puts(" -v: vCPUs touching memory (default 2)");
 	puts(" -i: iterations of races and teardown (default 20)");
+	printf(" -n: stops of each slot stoptime takes the fastest of (default 5,\n"
+	       "     at most %d)\n", MAX_STOPS);
 	puts(" -S: random seed (default: time)");
 	puts(" -B: collapse_batch of the restore VM (default: kvm.collapse_batch)");
 	puts("");
@@ -850,7 +856,7 @@ int main(int argc, char *argv[])
 	int nr_only = 0, opt, i, j, n = 0, try;
 
 	seed = time(NULL);
-	while ((opt = getopt(argc, argv, "ht:b:r:s:v:i:S:B:")) != -1) {
+	while ((opt = getopt(argc, argv, "ht:b:r:s:v:i:n:S:B:")) != -1) {
 		switch (opt) {
 		case 't':
 			TEST_ASSERT(nr_only < ARRAY_SIZE(only), "Too many -t");
@@ -872,6 +878,11 @@ int main(int argc, char *argv[])
 			break;
 		case 'i':
 			iterations = atoi_positive("Iterations", optarg);
+			break;
+		case 'n':
+			nr_stops = atoi_positive("Stops", optarg);
+			TEST_ASSERT(nr_stops <= MAX_STOPS, "At most %d stops",
+				    MAX_STOPS);
 			break;
 		case 'S':
 			seed = strtoul(optarg, NULL, 0);
