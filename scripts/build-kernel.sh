@@ -11,7 +11,9 @@ Build linux/ into build/NAME/ (default NAME: test): 'make tinyconfig', then
 the fragments configs/test.config (and configs/NAME.config for another NAME)
 merged with the kernel's scripts/kconfig/merge_config.sh, then bzImage.
 Every option a fragment sets is checked in the final .config (merge_config.sh
-only warns when a dependency drops one). Prints the bzImage path.
+only warns when a dependency drops one). A config with CONFIG_MODULES=y
+also gets its modules installed in build/NAME/modinst/. Prints the bzImage
+path.
   --vmlinux   stop at vmlinux (no compressed bzImage): enough to know that
               the tree builds and links, and faster
 Environment: JOBS (default: nproc), CCACHE_DIR.
@@ -75,6 +77,14 @@ fi
 
 log "building $cfg kernel in $out"
 "${mk[@]}" "$target"
+# A modular KVM (configs/modules.config): the modules, installed under
+# build/NAME/modinst/ for the VM to load over 9p (scripts/vm/kvm-modules.sh).
+if [ "$target" != vmlinux ] && grep -q '^CONFIG_MODULES=y' "$out/.config"; then
+	"${mk[@]}" modules
+	rm -rf "$out/modinst"
+	"${mk[@]}" INSTALL_MOD_PATH="$out/modinst" INSTALL_MOD_STRIP=1 \
+		DEPMOD=true modules_install >/dev/null
+fi
 if [ "$target" = vmlinux ]; then
 	echo "$out/vmlinux"
 else

@@ -26,6 +26,10 @@ the stages (default: all of: $ALL_STAGES):
           the vCPUs run in one thread (see scripts/vmm.sh)
   debug   debug kernel (KASAN, lockdep, ...): tests/lazy_collapse_debug.list
           in every mode, tests/debug-upstream.list
+Not run unless asked for (a third cold kernel build):
+  modules KVM built as modules (configs/modules.config), loaded from the
+          build directory over 9p (scripts/vm/kvm-modules.sh):
+          tests/modules.list in every mode
 Every test is a KTAP result; each boot adds one more: the VM exited by
 itself with no kernel splat in its console log. With CI=true a SKIP of one
 of our tests (lazy_collapse_*) counts as a failure.
@@ -139,6 +143,7 @@ boot_stage() { # name config append runner-args...
 	# vmm stage now and then, on unmodified kernels too (scripts/vmm.sh).
 	[ "$name" != vmm ] || args+=(--tcg-thread single)
 	local run="./run-tests.sh -m \"$modes\""
+	[ "$name" != modules ] || run="./kvm-modules.sh load && $run"
 	[ -z "$filter" ] || run+=" -f \"$filter\""
 	log "stage $name: booting $cfg kernel ${append:+($append) }for $*"
 	if "$TOP/scripts/boot.sh" "${args[@]}" -- "$run $*" >"$res/$name.log" 2>&1; then
@@ -199,44 +204,6 @@ else
 	exit 1
 fi
 
-# The debug kernel's cold build (the longest step after the series stage)
-# starts in the background as soon as the test kernel is built, under
-# SCHED_IDLE and I/O class idle: it takes only CPU time the test VMs leave
-# (a vCPU thread preempts it at once; the vmm stage runs its vCPUs in one
-# thread), so the stages' results and timings are not traded for it. The
-# debug stage stops it and runs build_all, which finishes what is left
-# (make restarts an interrupted object). linux/ must not move under it: it
-# starts only after the series stage, which checks out each commit.
-bg_pid=""
-bg_debug_build() {
-	[ -z "$bg_pid" ] && [[ " ${stages[*]} " == *" debug "* ]] || return 0
-	command -v chrt >/dev/null && command -v setsid >/dev/null || return 0
-	log "building the debug kernel in the background (SCHED_IDLE)"
-	bg_t0=$(date +%s)
-	setsid chrt --idle 0 nice -n 19 ionice -c 3 \
-		"$TOP/scripts/build-kernel.sh" --config debug \
-		>"$res/build-debug-background.log" 2>&1 </dev/null &
-	bg_pid=$!
-}
-bg_debug_stop() {
-	[ -n "$bg_pid" ] || return 0
-	if kill -0 "$bg_pid" 2>/dev/null; then
-		kill -TERM -- "-$bg_pid" 2>/dev/null || true
-		echo "# background debug build: stopped after $(( $(date +%s) - bg_t0 )) s" |
-			tee -a "$res/build-debug-background.log" >&2
-	else
-		echo "# background debug build: done in $(( $(date +%s) - bg_t0 )) s" >&2
-	fi
-	wait "$bg_pid" 2>/dev/null || true
-	# make's compilers are in its process group, not its children only.
-	for _ in $(seq 50); do
-		pgrep -g "$bg_pid" >/dev/null || break
-		sleep 0.2
-	done
-	bg_pid=""
-}
-trap bg_debug_stop EXIT
-
 for s in "${stages[@]}"; do
 	case "$s" in
 	series)
@@ -248,7 +215,6 @@ for s in "${stages[@]}"; do
 		;;
 	tdp | shadow | npt0 | vmm)
 		build_all test "$s" || continue
-		bg_debug_build
 		case "$s" in
 		tdp) boot_stage tdp test "" upstream.list lazy_collapse.list ;;
 		shadow) boot_stage shadow test "kvm.tdp_mmu=N" lazy_collapse_shadow.list ;;
@@ -257,8 +223,11 @@ for s in "${stages[@]}"; do
 		vmm) boot_stage vmm test "" vmm.list ;;
 		esac
 		;;
+	modules)
+		build_all modules modules || continue
+		boot_stage modules modules "lazy_modules=$BUILD/modules/modinst" modules.list
+		;;
 	debug)
-		bg_debug_stop
 		build_all debug debug || continue
 		boot_stage debug debug "" lazy_collapse_debug.list debug-upstream.list
 		;;
