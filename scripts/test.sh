@@ -12,8 +12,9 @@ Usage: ${0##*/} [--stage NAME]... [--modes "MODES"] [--filter REGEX] [--help]
 Install missing dependencies, prepare linux/ (scripts/prepare.sh), then run
 the stages (default: all of: $ALL_STAGES):
   series  checkpatch, patches/ == linux/, every patch builds (check-series.sh)
-  tdp     test kernel, TDP MMU: tests/upstream.list and
-          tests/lazy_collapse.list in every collapse mode
+  tdp     test kernel, TDP MMU, two 1 GiB hugetlb pages reserved at boot:
+          tests/upstream.list and tests/lazy_collapse.list in every
+          collapse mode
   shadow  test kernel booted with kvm.tdp_mmu=N (shadow MMU, rmap walk):
           tests/lazy_collapse_shadow.list in every collapse mode
   npt0    test kernel booted with kvm_amd.npt=0 kvm_intel.ept=0 (shadow
@@ -216,7 +217,8 @@ for s in "${stages[@]}"; do
 	tdp | shadow | npt0 | vmm)
 		build_all test "$s" || continue
 		case "$s" in
-		tdp) boot_stage tdp test "" upstream.list lazy_collapse.list ;;
+		tdp) boot_stage tdp test "hugepagesz=1G hugepages=2" \
+			upstream.list lazy_collapse.list ;;
 		shadow) boot_stage shadow test "kvm.tdp_mmu=N" lazy_collapse_shadow.list ;;
 		npt0) boot_stage npt0 test "kvm_amd.npt=0 kvm_intel.ept=0" \
 			lazy_collapse_shadow.list ;;
