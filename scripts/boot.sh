@@ -244,18 +244,25 @@ for line in open(sys.argv[1]):
         syms.append((int(addr, 16), name))
 syms.sort()
 keys = [a for a, _ in syms]
-def name(m):
+def name(m, short=False):
     a = int(m.group(0), 16)
     i = bisect.bisect_right(keys, a) - 1
     if i < 0 or a - keys[i] > 0x100000:
         return m.group(0)
+    if short:
+        return syms[i][1]
     return "%s <%s+0x%x>" % (m.group(0), syms[i][1], a - keys[i])
+addr = re.compile(r"\b(0x)?ffffffff[0-9a-f]{8}\b")
+# run-tests.sh's stacks of a test it killed: the names alone.
+task = re.compile(r"^#   [0-9]+ \S+ \S: ")
 for line in open(sys.argv[2], errors="replace"):
-    sys.stdout.write(re.sub(r"\b(0x)?ffffffff[0-9a-f]{8}\b", name, line))
+    short = bool(task.match(line))
+    sys.stdout.write(addr.sub(lambda m: name(m, short), line))
 PY
 }
 if [ "$status" != 0 ] && [ -r "$map" ]; then
 	symbols "$logdir/console.log" "$logdir/console-symbols.log"
+	symbols "$logdir/output.log" "$logdir/output-symbols.log"
 	if [ -s "$logdir/reset-registers.txt" ]; then
 		symbols "$logdir/reset-registers.txt" "$logdir/reset-registers-symbols.txt"
 		grep -E '^(CPU#|RIP|CR0)' "$logdir/reset-registers-symbols.txt" |

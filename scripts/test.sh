@@ -94,7 +94,10 @@ collect() { # log prefix
 		record fail "$2$((plan - seen)) of $plan planned results missing"
 	fi
 	# The last lines each failed test printed, for the summary: CI shows
-	# only the tail of the output.
+	# only the tail of the output. Kernel addresses named, where boot.sh
+	# could (output-symbols.log).
+	local out=$1
+	[ ! -s "${1%.log}-symbols.log" ] || out=${1%.log}-symbols.log
 	awk '/^(not )?ok [0-9]+ / {
 		if ($1 == "not") {
 			print "# --- " $0
@@ -102,7 +105,7 @@ collect() { # log prefix
 		}
 		n = 0; next
 	}
-	{ buf[n % 12] = $0; n++ }' "$1" >>"$res/failures.txt"
+	{ buf[n % 12] = $0; n++ }' "$out" >>"$res/failures.txt"
 }
 
 # What a VM that hung, crashed or splatted left, in a few lines for the
@@ -120,9 +123,19 @@ boot_failure() { # name
 		/^(not )?ok [0-9]+ |^1\.\.[0-9]+$/ { p = 1 }
 		END { if (last != "") print "# last test started: " substr(last, 3) }' || true
 	{ "$TOP/scripts/boot.sh" --check-log "$d/console.log" 2>&1 || true; } |
-		grep -v 'lines above' | tr -d '\r' | head -n 6 |
+		grep -v 'lines above' | tr -d '\r' | head -n 4 |
 		sed 's/^/# console: /' || true
-	tr -d '\r' <"$d/console.log" | tail -n 4 | sed 's/^/# console end: /' || true
+	# The stacks and held locks of a hang's or crash's dump, one line
+	# each; the console's last lines when it has none.
+	local log=$d/console.log digest
+	[ ! -s "$d/console-symbols.log" ] || log=$d/console-symbols.log
+	digest=$(awk -f "$TOP/scripts/console-digest.awk" "$log" |
+		grep -v '^# locks: khungtaskd/' | head -n 12 || true)
+	if [ -n "$digest" ]; then
+		echo "$digest"
+	else
+		tr -d '\r' <"$d/console.log" | tail -n 4 | sed 's/^/# console end: /' || true
+	fi
 }
 
 stage_time() {

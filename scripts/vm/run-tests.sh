@@ -64,6 +64,27 @@ sample_exits() {
 		sort -rn
 }
 
+# A test past its timeout: print what each of its tasks is doing (state and
+# kernel stack), then SIGTERM its process group, and SIGKILL 5 s later.
+kill_test() { # label
+	pg=$(cat /tmp/pgid 2>/dev/null) || return 0
+	echo "# $1: timed out after $tmo s; its tasks (state: kernel stack):"
+	for d in /proc/[0-9]*/task/[0-9]*; do
+		st=$(cat "$d/stat" 2>/dev/null) || continue
+		# After "(comm) ": state, ppid, process group.
+		# shellcheck disable=SC2086
+		set -- ${st##*) }
+		[ "$3" = "$pg" ] || continue
+		comm=${st#*(}
+		echo "#   ${d##*/} ${comm%%)*} $1: $(sed -e 's/^\[<[0-9a-f]*>\] //' \
+			-e 's/+0x[0-9a-f]*\/0x[0-9a-f]*$//' "$d/stack" 2>/dev/null |
+			head -n 10 | tr '\n' ' ')"
+	done
+	kill -TERM "-$pg" 2>/dev/null
+	sleep 5
+	kill -KILL "-$pg" 2>/dev/null
+}
+
 n=0
 for m in $modes; do
 	n=$((n + $(tests_for "$m" | grep -c .)))
@@ -88,25 +109,34 @@ for m in $modes; do
 		try=1
 		while :; do
 			# busybox sh has no PIPESTATUS: the status goes through a file.
-			rm -f /tmp/rc /tmp/exits
+			rm -f /tmp/rc /tmp/exits /tmp/pgid
 			# Under TCG, what the guest exits for just before the
-			# timeout; a test still there 30 s after it is stuck in
-			# the kernel: its stack and the CPUs' go to the console.
+			# timeout; at the timeout, what the test's tasks are doing,
+			# then the test's process group is killed; a test still
+			# there 30 s later is stuck in the kernel: its stack and
+			# the CPUs' go to the console.
 			{
 				if [ "$tcg" = 1 ] && [ "$tmo" -gt 10 ]; then
 					sleep $((tmo - 5))
 					sample_exits >/tmp/exits
-					sleep 35
+					sleep 5
 				else
-					sleep $((tmo + 30))
+					sleep "$tmo"
 				fi
-				echo "# $name$suffix: still running 30 s after its timeout: blocked tasks and CPU backtraces (SysRq w, l) in the console log"
+				kill_test "$name$suffix"
+				sleep 30
+				echo "# $name$suffix: still running 30 s after it was killed: blocked tasks and CPU backtraces (SysRq w, l) in the console log"
 				echo w >/proc/sysrq-trigger
 				echo l >/proc/sysrq-trigger
 			} &
 			watch=$!
 			{
-				timeout "$tmo" sh -c "$cmd" 2>&1 </dev/null
+				# Its own session and process group, so that a timeout
+				# kills its children too: our tests run each subtest
+				# in a child, which a signal to the parent alone would
+				# leave running, and holding this pipe open.
+				# shellcheck disable=SC2016
+				setsid sh -c 'echo $$ >/tmp/pgid; exec sh -c "$1"' sh "$cmd" 2>&1 </dev/null
 				echo $? >/tmp/rc
 			} | tee /tmp/out | sed 's/^/# /'
 			kill "$watch" 2>/dev/null
@@ -118,6 +148,8 @@ for m in $modes; do
 			elif [ "$tcg" = 1 ] && [ "$rc" -ge 124 ] &&
 				grep -q 'rip 0xffff' /tmp/exits 2>/dev/null; then
 				why="timeout, guest stuck at $(grep -o 'rip 0xffff[0-9a-f]*' /tmp/exits | sort | uniq -c | sort -rn | head -n 1)"
+			fi
+			if [ "$rc" -ge 124 ] && [ -s /tmp/exits ]; then
 				sed 's/^/# exits: /' /tmp/exits | head -n 5
 			fi
 			if [ "$rc" = 0 ] || [ "$rc" = 4 ] || [ "$try" -ge 3 ] ||

@@ -31,7 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <signal.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <linux/bitmap.h>
 
@@ -919,10 +921,19 @@ int main(int argc, char *argv[])
 			continue;
 
 		for (try = 1; try <= SHUTDOWN_TRIES; try++) {
-			/* A failed TEST_ASSERT exits: run subtests in a child. */
+			pid_t parent = getpid();
+
+			/*
+			 * A failed TEST_ASSERT exits: run subtests in a child,
+			 * which dies with the parent (say, killed by timeout).
+			 */
 			pid = fork();
 			TEST_ASSERT(pid >= 0, "fork");
 			if (!pid) {
+				TEST_ASSERT(!prctl(PR_SET_PDEATHSIG, SIGKILL),
+					    "PR_SET_PDEATHSIG");
+				if (getppid() != parent)
+					exit(1);
 				srand(seed + i);
 				subtests[i].fn();
 				exit(0);
