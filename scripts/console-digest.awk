@@ -25,6 +25,7 @@ BEGIN {
 }
 { sub(/\r$/, ""); sub(/^\[ *[0-9.]+\] /, "") }
 /^Kernel panic - not syncing/ { flush(); who = "panic"; next }
+/^(BUG: |Oops: |WARNING: CPU)/ { flush(); who = "oops"; next }
 /NMI backtrace for cpu [0-9]+/ {
 	flush(); who = "cpu " $NF; next
 }
@@ -37,7 +38,7 @@ BEGIN {
 	who = "task " a[2] " (" b[2] ")"; next
 }
 /^CPU: [0-9]+ .*Comm: / {
-	if (who ~ /^cpu / || who == "panic") {
+	if (who ~ /^cpu / || who == "panic" || who == "oops") {
 		c = $0; sub(/.*Comm: /, "", c); sub(/ .*/, "", c)
 		who = who " (" c ")"
 	}

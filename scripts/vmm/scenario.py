@@ -51,6 +51,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -291,11 +292,14 @@ class VM:
         with open(os.path.join(self.debugfs, name), "w") as f:
             f.write(value)
 
-    def log_registers(self, lines=None):
+    def log_registers(self, brief=False):
+        """The guest's registers; brief: where it is (IP, CS, mode) only."""
         regs = self.qmp.cmd("human-monitor-command",
                             **{"command-line": "info registers"})
-        for line in regs.splitlines()[:lines]:
-            log("registers: " + line)
+        for line in regs.splitlines():
+            if line and (not brief or
+                         re.match(r"(RIP|EIP|CS |CR0|RAX|EAX)=", line)):
+                log("registers: " + line)
 
     def running(self):
         """Fail, with the guest's registers, if it is not running."""
@@ -333,7 +337,7 @@ class VM:
             if time.monotonic() >= deadline:
                 # Where the guest is: firmware, the payload, or a loop.
                 for _ in range(2):
-                    self.log_registers(3)
+                    self.log_registers(brief=True)
                     time.sleep(1)
             check(time.monotonic() < deadline,
                   "guest did not reach pass %d %s in %d s (at %d)" %
@@ -675,9 +679,10 @@ def main():
                 # too (never seen with one TCG thread): try again, and
                 # say so.  With one TCG thread or real virtualisation,
                 # never.  A guest stalled before any logging is tried
-                # again under any TCG, twice at most.
+                # again under any TCG (twice in a row in one run of a
+                # clean clone, 2026-11-26), 3 tries in all.
                 stalled = isinstance(e, GuestStalled)
-                limit = 2 if stalled else TRIES
+                limit = 3 if stalled else TRIES
                 if not (tcg or (stalled and emulated)) or tries >= limit:
                     raise
                 tries += 1
