@@ -27,11 +27,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <signal.h>
 #include <unistd.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
