@@ -25,7 +25,7 @@ the stages (default: all of: $ALL_STAGES):
           cancelled, driven over QMP and then through libvirt
           (tests/vmm.list, scripts/vmm/scenario.py), every mode; under TCG
           the vCPUs run in one thread (see scripts/vmm.sh)
-  debug   debug kernel (KASAN, lockdep, ...) booted with no5lvl:
+  debug   debug kernel (KASAN, lockdep, ...; boot.sh adds no5lvl):
           tests/lazy_collapse_debug.list in every mode,
           tests/debug-upstream.list; under TCG the vCPUs run in one thread
 Not run unless asked for (a third cold kernel build):
@@ -250,11 +250,7 @@ for s in "${stages[@]}"; do
 		;;
 	debug)
 		build_all debug debug || continue
-		# no5lvl: identify_cpu() clears boot_cpu_data's LA57 bit for a
-		# moment with interrupts on, and KASAN checking an address in an
-		# interrupt then (pgtable_l5_enabled() false) reports a bogus
-		# "wild-memory-access" at boot; once here under -cpu max.
-		boot_stage debug debug "no5lvl" lazy_collapse_debug.list debug-upstream.list
+		boot_stage debug debug "" lazy_collapse_debug.list debug-upstream.list
 		;;
 	*) die "unknown stage $s" ;;
 	esac
