@@ -4,6 +4,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 ALL_STAGES="series tdp shadow npt0 vmm debug"
+# Stages whose VM runs its vCPUs in one TCG thread (see boot_stage).
+ONE_THREAD="shadow npt0 vmm debug"
 
 usage() {
 	cat <<USAGE
@@ -23,11 +25,14 @@ the stages (default: all of: $ALL_STAGES):
   vmm     test kernel, a real VMM: Debian's QEMU (from the host's root,
           shared over 9p) migrates a guest and the migration fails or is
           cancelled, driven over QMP and then through libvirt
-          (tests/vmm.list, scripts/vmm/scenario.py), every mode; under TCG
-          the vCPUs run in one thread (see scripts/vmm.sh)
+          (tests/vmm.list, scripts/vmm/scenario.py), every mode
   debug   debug kernel (KASAN, lockdep, ...; boot.sh adds no5lvl):
           tests/lazy_collapse_debug.list in every mode,
-          tests/debug-upstream.list; under TCG the vCPUs run in one thread
+          tests/debug-upstream.list
+Under TCG the VMs of the stages $ONE_THREAD run all their vCPUs in one
+host thread (QEMU 7.2's multi-threaded TCG corrupts nested guests now and
+then), so two such stages next to each other in the order above boot side
+by side, each built for first: shadow with npt0, vmm with debug.
 Not run unless asked for (a third cold kernel build):
   modules KVM built as modules (configs/modules.config), loaded from the
           build directory over 9p (scripts/vm/kvm-modules.sh):
@@ -60,6 +65,7 @@ res="$OUT/test-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$res"
 ln -sfn "$res" "$OUT/latest"
 results="$res/results.ktap"
+failures="$res/failures.txt"
 : >"$results"
 start=$(date +%s)
 
@@ -157,11 +163,9 @@ boot_stage() { # name config append runner-args...
 	# QEMU 7.2's multi-threaded TCG breaks the nested QEMU guest of the
 	# vmm stage now and then, on unmodified kernels too (scripts/vmm.sh),
 	# and on the debug kernel it also corrupted the test VM's own kernel
-	# (an Oops in the scheduler, twice, in dirty_log_perf_test): the stage
-	# that judges the kernel by its console gets one TCG thread.
-	case "$name" in
-	vmm | debug) args+=(--tcg-thread single) ;;
-	esac
+	# (an Oops in the scheduler, twice, in dirty_log_perf_test). One
+	# thread leaves the other core to a second such stage (run_pair).
+	! one_thread "$name" || args+=(--tcg-thread single)
 	local run="./run-tests.sh -m \"$modes\""
 	[ "$name" != modules ] || run="./kvm-modules.sh load && $run"
 	[ -z "$filter" ] || run+=" -f \"$filter\""
@@ -176,7 +180,7 @@ boot_stage() { # name config append runner-args...
 			record ok "$name: VM exited cleanly, no kernel splat"
 		else
 			record fail "$name: VM exited cleanly, no kernel splat"
-			boot_failure "$name" >>"$res/failures.txt"
+			boot_failure "$name" >>"$failures"
 		fi
 	fi
 	collect "$res/$name/output.log" "$name: "
@@ -207,7 +211,7 @@ summary() {
 	pass=$(grep -E '^ok ' "$results" | grep -vc '# SKIP$' || true)
 	skip=$(grep -cE '^ok .*# SKIP$' "$results" || true)
 	failn=$(grep -c '^not ok ' "$results" || true)
-	[ ! -s "$res/failures.txt" ] || cat "$res/failures.txt"
+	[ ! -s "$failures" ] || cat "$failures"
 	echo "# results: $results; total time $(( $(date +%s) - start )) s"
 	grep '^not ok' "$results" || true
 	echo "$pass passed, $failn failed, $skip skipped"
@@ -224,36 +228,86 @@ else
 	exit 1
 fi
 
+one_thread() { [[ " $ONE_THREAD " == *" $1 "* ]]; }
+
+config_of() { # stage
+	case "$1" in
+	modules | debug) echo "$1" ;;
+	*) echo test ;;
+	esac
+}
+
+boot_named() { # stage
+	case "$1" in
+	tdp) boot_stage tdp test "hugepagesz=1G hugepages=2" \
+		upstream.list lazy_collapse.list ;;
+	shadow) boot_stage shadow test "kvm.tdp_mmu=N" lazy_collapse_shadow.list ;;
+	npt0) boot_stage npt0 test "kvm_amd.npt=0 kvm_intel.ept=0" \
+		lazy_collapse_shadow.list ;;
+	vmm) boot_stage vmm test "" vmm.list ;;
+	modules) boot_stage modules modules \
+		"lazy_modules=$BUILD/modules/modinst" modules.list ;;
+	debug) boot_stage debug debug "" lazy_collapse_debug.list debug-upstream.list ;;
+	esac
+}
+
+# One stage's boot with results of its own (record and collect see these).
+boot_into() { # stage
+	local results=$res/$1.ktap failures=$res/$1.failures
+	: >"$results"
+	boot_named "$1"
+}
+
+# Two one-thread stages side by side, their results added to the run's in
+# the stages' order once both are done. Nothing is built meanwhile: both
+# boot from kernels and an initramfs already built.
+run_pair() { # stage stage
+	local s pids=() rc
+	log "stages $1 and $2 side by side (one TCG thread each)"
+	for s in "$1" "$2"; do
+		boot_into "$s" &
+		pids+=($!)
+	done
+	for s in "$1" "$2"; do
+		rc=0
+		wait "${pids[0]}" || rc=$?
+		pids=("${pids[@]:1}")
+		cat "$res/$s.ktap" >>"$results"
+		[ ! -s "$res/$s.failures" ] || cat "$res/$s.failures" >>"$failures"
+		[ "$rc" = 0 ] || record fail "$s: stage ended with status $rc"
+	done
+}
+
+pending=""
+flush() {
+	[ -z "$pending" ] || boot_named "$pending"
+	pending=""
+}
 for s in "${stages[@]}"; do
 	case "$s" in
 	series)
+		flush
 		t0=$(date +%s)
 		"$TOP/scripts/check-series.sh" >"$res/series.log" 2>&1 || true
 		cat "$res/series.log"
 		collect "$res/series.log" "series: "
 		stage_time series "$t0"
 		;;
-	tdp | shadow | npt0 | vmm)
-		build_all test "$s" || continue
-		case "$s" in
-		tdp) boot_stage tdp test "hugepagesz=1G hugepages=2" \
-			upstream.list lazy_collapse.list ;;
-		shadow) boot_stage shadow test "kvm.tdp_mmu=N" lazy_collapse_shadow.list ;;
-		npt0) boot_stage npt0 test "kvm_amd.npt=0 kvm_intel.ept=0" \
-			lazy_collapse_shadow.list ;;
-		vmm) boot_stage vmm test "" vmm.list ;;
-		esac
-		;;
-	modules)
-		build_all modules modules || continue
-		boot_stage modules modules "lazy_modules=$BUILD/modules/modinst" modules.list
-		;;
-	debug)
-		build_all debug debug || continue
-		boot_stage debug debug "" lazy_collapse_debug.list debug-upstream.list
+	tdp | shadow | npt0 | vmm | modules | debug)
+		one_thread "$s" || flush
+		build_all "$(config_of "$s")" "$s" || continue
+		if ! one_thread "$s"; then
+			boot_named "$s"
+		elif [ -z "$pending" ]; then
+			pending=$s
+		else
+			run_pair "$pending" "$s"
+			pending=""
+		fi
 		;;
 	*) die "unknown stage $s" ;;
 	esac
 done
+flush
 
 summary
