@@ -2,8 +2,9 @@
 # shellcheck shell=dash
 # Runs inside the test VM of the "modules" stage (scripts/test.sh): a kernel
 # whose KVM is built as modules (configs/modules.config). The modules are
-# read from the host's build directory over 9p: lazy_modules=DIR on the
-# kernel command line names DIR/lib/modules/<release>/ (set by test.sh).
+# read from the host's build directory over 9p (init mounts the host's root
+# on /host): lazy_modules=DIR on the kernel command line names
+# DIR/lib/modules/<release>/ (set by test.sh).
 #   kvm-modules.sh load    insmod irqbypass (if a module), kvm, kvm-amd
 #                          (kvm-intel on an Intel host)
 #   kvm-modules.sh check   kvm.collapse_* given to insmod: bad values make
@@ -26,11 +27,8 @@ die() {
 }
 
 [ -n "$dir" ] || die "no lazy_modules= on the kernel command line"
-if ! grep -q " $mnt 9p " /proc/mounts; then
-	mkdir -p $mnt
-	mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000 hostroot $mnt ||
-		die "cannot mount the host's root (9p)"
-fi
+grep -q " $mnt 9p " /proc/mounts ||
+	die "no host root on $mnt (scripts/boot.sh shares it over 9p, init mounts it)"
 kdir=$mnt$dir/lib/modules/$(uname -r)/kernel
 [ -d "$kdir" ] || die "no modules for $(uname -r) in $kdir"
 kvm=$kdir/arch/x86/kvm

@@ -2,18 +2,15 @@
 # shellcheck shell=dash
 # Runs inside the test VM (busybox sh): scripts/vmm/scenario.py, a QEMU
 # live migration that fails or is cancelled, in a chroot of the host's
-# root, shared read-only over 9p by scripts/boot.sh (mount tag hostroot).
+# root, shared read-only over 9p by scripts/boot.sh and mounted on /host
+# by init.
 # Arguments go to scenario.py. Exit status 4 (SKIP) without the host root.
 root=/host
-tag=hostroot
 if ! grep -q " $root 9p " /proc/mounts; then
-	if ! grep -qs "$tag" /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; then
-		echo "# no 9p share '$tag' (scripts/boot.sh shares the host's root)"
-		exit 4
-	fi
-	mkdir -p $root
-	mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=512000 \
-		$tag $root || exit 1
+	echo "# no host root on $root (scripts/boot.sh shares it over 9p, init mounts it)"
+	exit 4
+fi
+if ! grep -q " $root/proc proc " /proc/mounts; then
 	mount -t proc proc $root/proc &&
 		mount -t sysfs sysfs $root/sys &&
 		mount -t debugfs debugfs $root/sys/kernel/debug &&
