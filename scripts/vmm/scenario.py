@@ -65,6 +65,11 @@ TRIES = 4
 DEBUGFS = "/sys/kernel/debug"
 TRACING = DEBUGFS + "/tracing"
 EVENTS = ("kvm_mmu_collapse_start", "kvm_mmu_collapse_end")
+# A wait's polls are a fraction of a second apart; a gap this long means
+# the test VM itself stood still (under TCG, QEMU 7.2 has run a nested
+# guest for up to 300 s without coming back to the test VM's vCPUs, its
+# clocks running on: "clocksource: Long readout interval" in its console).
+STALL_S = 20
 
 
 def log(msg):
@@ -330,18 +335,17 @@ class VM:
         return w[1]
 
     def wait_passes(self, n, timeout, why):
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout, "pass %d %s" % (n, why))
         while self.passes() < n:
             check(self.alive(), "QEMU exited")
             self.running()
-            if time.monotonic() >= deadline:
+            if deadline.passed():
                 # Where the guest is: firmware, the payload, or a loop.
                 for _ in range(2):
                     self.log_registers(brief=True)
                     time.sleep(1)
-            check(time.monotonic() < deadline,
-                  "guest did not reach pass %d %s in %d s (at %d)" %
-                  (n, why, timeout, self.passes()))
+                raise Failed("guest did not reach pass %d %s in %d s (at %d)"
+                             % (n, why, timeout, self.passes()))
             time.sleep(0.2)
 
     def migration(self):
@@ -367,13 +371,31 @@ class VM:
             self.proc.wait()
 
 
+class Deadline:
+    """A timeout that does not count the time the test VM stood still."""
+
+    def __init__(self, timeout, what):
+        self.timeout, self.what = timeout, what
+        self.last = time.monotonic()
+        self.end = self.last + timeout
+
+    def passed(self):
+        now = time.monotonic()
+        if now - self.last > STALL_S:
+            log("the test VM stood still for %.0f s while waiting for %s;"
+                " not counted" % (now - self.last, self.what))
+            self.end += now - self.last
+        self.last = now
+        return now >= self.end
+
+
 def wait_for(cond, timeout, what, period=0.1):
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout, what)
     while True:
         v = cond()
         if v:
             return v
-        check(time.monotonic() < deadline, "timed out (%d s) waiting for %s"
+        check(not deadline.passed(), "timed out (%d s) waiting for %s"
               % (timeout, what))
         time.sleep(period)
 
@@ -536,7 +558,21 @@ def scenario(vm, case, mode, bandwidth, hold):
     def back():
         vm.running()
         return vm.stat("pages_2m") >= regions * 9 // 10
-    wait_for(back, 300, "pages_2m back to %d" % (regions * 9 // 10), 0.2)
+    try:
+        wait_for(back, 300, "pages_2m back to %d" % (regions * 9 // 10), 0.2)
+    except Failed as e:
+        # Whose fault: a collapse that never ran (pending, no runs), or a
+        # guest that stopped touching its memory (no new passes), or
+        # backing that is no longer huge (collapsed, guest running on).
+        if type(e) is Failed and not upstream:
+            log("%s: at the timeout: pages_2m %d, %d slots pending, %d runs "
+                "and %d SPTEs collapsed in all, guest passes %d at the stop,"
+                " %d now; runs traced: %s" %
+                (case, vm.stat("pages_2m"),
+                 vm.stat("collapse_pending_slots"),
+                 vm.stat("collapse_runs") - runs0, vm.stat("collapse_sptes"),
+                 passes_stop, vm.passes(), collapse_events(vm.pid)))
+        raise
     restored = vm.stat("pages_2m")
     t_back = time.monotonic() - t_trigger
     runs = []
