@@ -3,9 +3,9 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-ALL_STAGES="series tdp shadow npt0 vmm debug"
+ALL_STAGES="series tdp shadow npt0 debug1g vmm debug"
 # Stages whose VM runs its vCPUs in one TCG thread (see boot_stage).
-ONE_THREAD="shadow npt0 vmm debug"
+ONE_THREAD="shadow npt0 debug1g vmm debug"
 
 usage() {
 	cat <<USAGE
@@ -26,13 +26,16 @@ the stages (default: all of: $ALL_STAGES):
           shared over 9p) migrates a guest and the migration fails or is
           cancelled, driven over QMP and then through libvirt
           (tests/vmm.list, scripts/vmm/scenario.py), every mode
-  debug   debug kernel (KASAN, lockdep, ...; boot.sh adds no5lvl):
-          tests/lazy_collapse_debug.list in every mode,
+  debug1g debug kernel (KASAN, lockdep, ...; boot.sh adds no5lvl), two
+          1 GiB hugetlb pages reserved at boot: the 1 GiB tests,
+          tests/lazy_collapse_debug_1g.list, in every mode
+  debug   debug kernel: tests/lazy_collapse_debug.list in every mode,
           tests/debug-upstream.list
 Under TCG the VMs of the stages $ONE_THREAD run all their vCPUs in one
 host thread (QEMU 7.2's multi-threaded TCG corrupts nested guests now and
-then), so two such stages next to each other in the order above boot side
-by side, each built for first: shadow with npt0, vmm with debug.
+then). Such stages next to each other in the order above are built
+first, then booted two at a time, in that order (the default order
+starts the longest, debug1g, as early as it can).
 Not run unless asked for (a third cold kernel build):
   modules KVM built as modules (configs/modules.config), loaded from the
           build directory over 9p (scripts/vm/kvm-modules.sh):
@@ -233,6 +236,7 @@ one_thread() { [[ " $ONE_THREAD " == *" $1 "* ]]; }
 config_of() { # stage
 	case "$1" in
 	modules | debug) echo "$1" ;;
+	debug1g) echo debug ;;
 	*) echo test ;;
 	esac
 }
@@ -247,6 +251,8 @@ boot_named() { # stage
 	vmm) boot_stage vmm test "" vmm.list ;;
 	modules) boot_stage modules modules \
 		"lazy_modules=$BUILD/modules/modinst" modules.list ;;
+	debug1g) boot_stage debug1g debug "hugepagesz=1G hugepages=2" \
+		lazy_collapse_debug_1g.list ;;
 	debug) boot_stage debug debug "" lazy_collapse_debug.list debug-upstream.list ;;
 	esac
 }
@@ -258,56 +264,63 @@ boot_into() { # stage
 	boot_named "$1"
 }
 
-# Two one-thread stages side by side, their results added to the run's in
-# the stages' order once both are done. Nothing is built meanwhile: both
-# boot from kernels and an initramfs already built.
-run_pair() { # stage stage
-	local s pids=() rc
-	log "stages $1 and $2 side by side (one TCG thread each)"
-	for s in "$1" "$2"; do
-		boot_into "$s" &
-		pids+=($!)
-	done
-	for s in "$1" "$2"; do
+# One-thread stages built and waiting to boot, in stage order.
+queue=()
+
+# Boot the queued stages two at a time, each with results of its own,
+# added to the run's in stage order once all are done. Nothing is built
+# meanwhile: they boot from kernels and an initramfs already built.
+run_queue() {
+	local s i=0 running=0 pid rc
+	local -A stage_of=()
+	case "${#queue[@]}" in
+	0) return 0 ;;
+	1) boot_named "${queue[0]}"; queue=(); return 0 ;;
+	esac
+	log "stages ${queue[*]}: two at a time (one TCG thread each)"
+	while [ "$i" -lt "${#queue[@]}" ] || [ "$running" -gt 0 ]; do
+		if [ "$i" -lt "${#queue[@]}" ] && [ "$running" -lt 2 ]; then
+			boot_into "${queue[i]}" &
+			stage_of[$!]=${queue[i]}
+			i=$((i + 1)) running=$((running + 1))
+			continue
+		fi
 		rc=0
-		wait "${pids[0]}" || rc=$?
-		pids=("${pids[@]:1}")
+		wait -n -p pid || rc=$?
+		running=$((running - 1))
+		echo "$rc" >"$res/${stage_of[$pid]}.rc"
+	done
+	for s in "${queue[@]}"; do
 		cat "$res/$s.ktap" >>"$results"
 		[ ! -s "$res/$s.failures" ] || cat "$res/$s.failures" >>"$failures"
+		rc=$(cat "$res/$s.rc")
 		[ "$rc" = 0 ] || record fail "$s: stage ended with status $rc"
 	done
+	queue=()
 }
 
-pending=""
-flush() {
-	[ -z "$pending" ] || boot_named "$pending"
-	pending=""
-}
 for s in "${stages[@]}"; do
 	case "$s" in
 	series)
-		flush
+		run_queue
 		t0=$(date +%s)
 		"$TOP/scripts/check-series.sh" >"$res/series.log" 2>&1 || true
 		cat "$res/series.log"
 		collect "$res/series.log" "series: "
 		stage_time series "$t0"
 		;;
-	tdp | shadow | npt0 | vmm | modules | debug)
-		one_thread "$s" || flush
+	tdp | shadow | npt0 | vmm | modules | debug1g | debug)
+		one_thread "$s" || run_queue
 		build_all "$(config_of "$s")" "$s" || continue
-		if ! one_thread "$s"; then
-			boot_named "$s"
-		elif [ -z "$pending" ]; then
-			pending=$s
+		if one_thread "$s"; then
+			queue+=("$s")
 		else
-			run_pair "$pending" "$s"
-			pending=""
+			boot_named "$s"
 		fi
 		;;
 	*) die "unknown stage $s" ;;
 	esac
 done
-flush
+run_queue
 
 summary
