@@ -76,18 +76,8 @@ ln -sfn "$dir" "$OUT/bench-latest"
 "$TOP/scripts/build-selftests.sh" >/dev/null
 "$TOP/scripts/mkinitramfs.sh" >/dev/null
 
-# The unmodified kernel: the base commit, checked out beside linux/.
-if [ "$upstream" = 1 ]; then
-	src="$BUILD/upstream/src"
-	base=$(git -C "$LINUX" rev-parse "$BASE_TAG^{commit}")
-	if [ "$(git -C "$src" rev-parse HEAD 2>/dev/null)" != "$base" ]; then
-		rm -rf "$src"
-		git -C "$LINUX" worktree prune
-		git -C "$LINUX" worktree add -q --detach "$src" "$base"
-	fi
-	LINUX="$src" BUILD="$BUILD/upstream" \
-		"$TOP/scripts/build-kernel.sh" --config test >/dev/null
-fi
+# The unmodified kernel (lib.sh).
+[ "$upstream" = 0 ] || build_upstream >/dev/null
 
 # The command run in the VM: every backing, size and mode.
 vm_cmd() { # modes

@@ -33,3 +33,18 @@ log() {
 source_version() {
 	dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null || echo unknown
 }
+
+# The unmodified kernel: the base commit of linux/, checked out beside it
+# in build/upstream/src and built with the test config into
+# build/upstream/test. Prints the bzImage path.
+build_upstream() {
+	local src="$BUILD/upstream/src" base
+	base=$(git -C "$LINUX" rev-parse "$BASE_TAG^{commit}")
+	if [ "$(git -C "$src" rev-parse HEAD 2>/dev/null)" != "$base" ]; then
+		rm -rf "$src"
+		git -C "$LINUX" worktree prune
+		git -C "$LINUX" worktree add -q --detach "$src" "$base"
+	fi
+	LINUX="$src" BUILD="$BUILD/upstream" \
+		"$TOP/scripts/build-kernel.sh" --config test
+}
