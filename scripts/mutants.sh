@@ -42,7 +42,7 @@ Kernels (default: all):
   lazy-is-sync  ${MODES[lazy-is-sync]}: collapse inside the ioctl
   no-cancel     ${MODES[no-cancel]}: memslot updates keep a slot pending
   no-queue      ${MODES[no-queue]}: the worker is never queued (its
-                tests wait out their timeouts: about 15 minutes)
+                tests wait out their timeouts: about 20 minutes)
   --filter  only the tests whose name matches this grep -E regex
 USAGE
 }
@@ -102,10 +102,16 @@ for name in "${names[@]}"; do
 	out=$res/$name/output.log
 	failed=$(grep -c '^not ok ' "$out" || true)
 	echo "# $name: $failed of $(grep -cE '^(not )?ok ' "$out" || true) tests failed"
-	# Each failed test and the first line its failure printed.
-	awk '/^# [a-z_0-9]+ \[.*\]: / && !/exit 0/ { t = $2 " " $3 }
-		/Assertion|FAIL|still|missing|==== Test/ && t != "" && !seen[t]++ {
-			sub(/^# */, ""); print "#   " t " " $0 }' "$out" | head -n 40
+	# Each failed test and the first reason its output gave.
+	awk '/^(not )?ok [0-9]+ / {
+		if ($1 == "not") {
+			n = $0; sub(/^not ok [0-9]+ /, "", n)
+			print "#   " n ": " (why != "" ? why : "(no reason printed)")
+		}
+		why = ""; next
+	}
+	why == "" && /\.c:[0-9]+: |FAIL|timed out/ { why = $0; sub(/^[# ]*/, "", why) }' \
+		"$out" | head -n 40
 	if grep -qE 'WARNING:|BUG:' "$res/$name/console.log"; then
 		echo "#   console: $(grep -m1 -E 'WARNING:|BUG:' "$res/$name/console.log")"
 	fi
