@@ -167,7 +167,7 @@ boot_stage() { # name config append runner-args...
 	# vmm stage now and then, on unmodified kernels too (scripts/vmm.sh),
 	# and on the debug kernel it also corrupted the test VM's own kernel
 	# (an Oops in the scheduler, twice, in dirty_log_perf_test). One
-	# thread leaves the other core to a second such stage (run_pair).
+	# thread leaves the other core to a second such stage (run_queue).
 	! one_thread "$name" || args+=(--tcg-thread single)
 	local run="./run-tests.sh -m \"$modes\""
 	[ "$name" != modules ] || run="./kvm-modules.sh load && $run"

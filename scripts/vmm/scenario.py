@@ -566,8 +566,8 @@ def scenario(vm, case, mode, bandwidth, hold):
         # backing that is no longer huge (collapsed, guest running on).
         if type(e) is Failed and not upstream:
             log("%s: at the timeout: pages_2m %d, %d slots pending, %d runs "
-                "and %d SPTEs collapsed in all, guest passes %d at the stop,"
-                " %d now; runs traced: %s" %
+                "in this case, %d SPTEs collapsed in the VM's life, guest "
+                "passes %d at the stop, %d now; runs traced: %s" %
                 (case, vm.stat("pages_2m"),
                  vm.stat("collapse_pending_slots"),
                  vm.stat("collapse_runs") - runs0, vm.stat("collapse_sptes"),
