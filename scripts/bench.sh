@@ -27,9 +27,11 @@ and print results.md.
   --mem SIZE         memory of the QEMU VM (default: 8G)
   --no-upstream      skip the unmodified kernel
   --qemu             also run the QEMU scenario (scripts/vmm/scenario.py: a
-                     live migration of Debian's QEMU that fails, then one
-                     that is cancelled) in each mode: its stop time as QEMU
-                     saw it goes into a table of its own
+                     live migration of Debian's QEMU that fails, one that
+                     is cancelled, one cancelled and retried at once, one
+                     that completes before the source is resumed) in each
+                     mode: its stop time as QEMU saw it goes into a table
+                     of its own
   --out DIR          default: out/bench-<time> (out/bench-latest links to it)
 All times are wall-clock inside QEMU (TCG unless /dev/kvm is usable): compare
 ratios within one run, not absolute numbers across runs.
@@ -106,7 +108,7 @@ vm_cmd() { # modes
 	for m in $1; do
 		[ "$m" = upstream ] ||
 			echo "echo $m >/sys/module/kvm/parameters/collapse_mode"
-		echo "./vmm/run.sh fail cancel || echo '# QEMU scenario failed ($m)'"
+		echo "./vmm/run.sh fail cancel retry resume || echo '# QEMU scenario failed ($m)'"
 	done
 }
 

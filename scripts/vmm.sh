@@ -12,11 +12,13 @@ boot it in QEMU with the host's root shared read-only over 9p, and run
 tests/vmm.list in each collapse mode: inside the VM, Debian's QEMU (from
 that root) boots scripts/vmm/guest.c, which writes and checks all its
 memory, and scripts/vmm/scenario.py migrates it over QMP to a receiver
-that is killed mid-stream, then migrates it again and cancels. It checks
-that each mode collapses when it should, that pages_2m comes back and that
-the guest ran on with its memory intact, and prints the stop time QEMU saw
-(its longest QMP round trip) next to KVM's collapse time ("qemu-result"
-lines). tests/vmm.list also runs it with --libvirt: a session libvirtd
+that is killed mid-stream, then migrates it again and cancels, then
+cancels and retries at once (the pending collapse must be cancelled), then
+lets a migration complete and resumes the paused source with "cont" (QEMU
+stops logging inside cont). It checks that each mode collapses when it
+should, that pages_2m comes back and that the guest ran on with its memory
+intact, and prints the stop time QEMU saw (its longest QMP round trip, or
+cont's) next to KVM's collapse time ("qemu-result" lines). tests/vmm.list also runs it with --libvirt: a session libvirtd
 starts QEMU, and 'virsh dump --live' into a FIFO is the migration, failed
 by killing the reader or aborted with 'virsh domjobabort'.
 scripts/bench.sh --qemu adds the QEMU runs to the benchmark, on the

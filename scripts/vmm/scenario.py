@@ -12,10 +12,22 @@ dirty logging stays on until KVM has split the guest's huge pages.  Then
   cancel: migrate_cancel;
 
 either way QEMU stops dirty logging with the guest still running, which is
-what this series is about.  With --libvirt, libvirt runs QEMU instead (a
-session libvirtd, as user nobody) and drives the migration: a live dump
-(virsh dump --live, QEMU's migration to a file) into a FIFO read at the
-same bandwidth, then
+what this series is about;
+
+  retry:  migrate_cancel, then at once a second migration, cancelled too:
+          logging starts again on the slots whose collapse is pending,
+          which must be dropped (collapse_cancelled), not collapsed; or
+
+  resume: the migration completes (the guest is stopped, the rest sent);
+          QEMU keeps logging on while the source is paused, and the
+          guest is resumed with "cont", as libvirt does when the
+          destination fails to start it: QEMU stops logging inside
+          "cont", before the vCPUs run again, so a collapse there is
+          added to the guest's downtime.
+
+With --libvirt, libvirt runs QEMU instead (a session libvirtd, as user
+nobody) and drives the migration: a live dump (virsh dump --live, QEMU's
+migration to a file) into a FIFO read at the same bandwidth, then
 
   fail:   the reader is killed: the dump fails;
   cancel: virsh domjobabort;
@@ -25,7 +37,8 @@ monitors through <qemu:commandline>).  It measures:
 
   - QEMU's stop: a second QMP monitor is pinged every few milliseconds;
     QMP runs under QEMU's big lock, so the longest round trip after the
-    failure is how long QEMU held that lock, stopping logging included;
+    failure is how long QEMU held that lock, stopping logging included
+    (resume: or the time "cont" took, if longer);
   - KVM's collapse: the kvm_mmu_collapse_start/end tracepoints of this VM
     (mode, time, SPTEs) and its statistics (pages_2m, collapse_*);
 
@@ -451,6 +464,7 @@ def scenario(vm, case, mode, bandwidth, hold):
     upstream = mode == "upstream"
     regions = vm.stat("pages_2m")
     runs0 = 0 if upstream else vm.stat("collapse_runs")
+    sptes0 = 0 if upstream else vm.stat("collapse_sptes")
     job = None
     if vm.libvirt:
         case = "libvirt-" + case
@@ -497,12 +511,39 @@ def scenario(vm, case, mode, bandwidth, hold):
     passes_stop = vm.passes()
     with open(TRACING + "/trace", "w") as f:
         f.write("")
+    if case == "resume":
+        # The migration completes: the guest is stopped and the rest sent,
+        # as at QEMU's own switchover.  QEMU postpones the logging stop
+        # while the guest is paused, so nothing may have stopped logging.
+        vm.qmp.cmd("stop")
+        vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 8 << 30})
+        wait_for(lambda: vm.migration()["status"] == "completed", 300,
+                 "the migration to complete", 0.2)
+        st = vm.qmp.cmd("query-status")["status"]
+        check(st == "postmigrate", "source %s after the migration" % st)
+        check(upstream or not vm.stat("collapse_pending_slots") and
+              not collapse_events(vm.pid),
+              "logging stopped while the source was paused")
+        check(vm.stat("pages_2m") <= regions // 4,
+              "huge pages back on the paused source (%d)" %
+              vm.stat("pages_2m"))
+        log("%s: migration completed, source paused, logging still on" %
+            case)
     if not upstream:
         tracing(True)
     t_stop = time.monotonic()
+    cont_s = 0.0
     if case.endswith("fail"):
         recv.send_signal(signal.SIGKILL)
         want = "failed"
+    elif case == "resume":
+        # The destination failed to start the guest, so the management
+        # application (libvirt: a failed Finish) resumes the source:
+        # QEMU stops logging inside "cont", before the vCPUs run again,
+        # so a collapse there adds to the guest's downtime.
+        vm.qmp.cmd("cont")
+        cont_s = time.monotonic() - t_stop
+        want = "completed"
     elif job:
         vm.libvirt.virsh("domjobabort", "lazy")
         want = "cancelled"
@@ -530,7 +571,10 @@ def scenario(vm, case, mode, bandwidth, hold):
     t_end = time.monotonic()
     pending = 0 if upstream else vm.stat("collapse_pending_slots")
     after_stop = vm.stat("pages_2m")
-    held = vm.pinger.longest(t_stop, t_end)
+    held = max(vm.pinger.longest(t_stop, t_end), cont_s)
+    if case == "resume":
+        log("%s: cont took %.1f ms, the guest paused throughout" %
+            (case, cont_s * 1e3))
     log("%s: migration %s; QEMU held its lock %.1f ms at most; pages_2m %d,"
         " %d slots pending" % (case, want, held * 1e3, after_stop, pending))
 
@@ -542,6 +586,8 @@ def scenario(vm, case, mode, bandwidth, hold):
         check(vm.stat("collapse_runs") == runs0 or mode == "deferred" and
               int(vm.knob("collapse_delay_ms")) < 2000,
               "%s: collapsed at the stop" % mode)
+    if case == "retry":
+        pending = retry(vm, mode, pending, sptes0, t_stop)
     if mode == "ondemand":
         time.sleep(5)
         check(vm.stat("collapse_runs") == runs0 and
@@ -606,6 +652,58 @@ def scenario(vm, case, mode, bandwidth, hold):
           flush=True)
 
 
+def retry(vm, mode, pending, sptes0, t_stop):
+    """Migrate again at once after a cancel, and cancel that one too.
+
+    Logging starts again on every slot, so what was pending for them is
+    dropped (counted as cancelled) instead of being collapsed and split
+    again; in sync mode the collapse already ran in the stop and was
+    wasted.  Returns the slots pending after the second cancel.
+    """
+    upstream = mode == "upstream"
+    cancelled0 = 0 if upstream else vm.stat("collapse_cancelled")
+    runs1 = 0 if upstream else vm.stat("collapse_runs")
+    wasted = 0 if upstream else vm.stat("collapse_sptes") - sptes0
+    sock = os.path.join(vm.dir, "migrate-retry-again.sock")
+    recv = subprocess.Popen([sys.executable, "-c", RECEIVER, sock])
+    wait_for(lambda: os.path.exists(sock), 30, "the receiver's socket")
+    vm.qmp.cmd("migrate", uri="unix:" + sock)
+    t_again = time.monotonic() - t_stop
+    wait_for(lambda: vm.migration().get("status") == "active", 60,
+             "the second migration to start", 0.05)
+    if upstream:
+        dropped = 0
+    else:
+        wait_for(lambda: not vm.stat("collapse_pending_slots"), 60,
+                 "logging to start again on the pending slots", 0.05)
+        dropped = vm.stat("collapse_cancelled") - cancelled0
+    log("retry: migrated again %.1f s after the stop; %d pending slots "
+        "cancelled, %d SPTEs collapsed between the two migrations" %
+        (t_again, dropped, wasted))
+    if mode in ("deferred", "ondemand"):
+        check(dropped == pending, "%s: %d slots were pending, %d cancelled"
+              % (mode, pending, dropped))
+        check(vm.stat("collapse_runs") == runs1 and not wasted or
+              mode == "deferred" and
+              int(vm.knob("collapse_delay_ms")) < 2000,
+              "%s: collapsed before the retry" % mode)
+    elif mode == "sync":
+        check(wasted > 0, "sync: nothing collapsed at the first stop")
+    time.sleep(1)
+    vm.qmp.cmd("migrate_cancel")
+    recv.wait()
+    wait_for(lambda: vm.migration()["status"] == "cancelled", 120,
+             "the second migration to be cancelled", 0.05)
+    if upstream:
+        return 0
+    if mode != "sync":
+        wait_for(lambda: vm.stat("collapse_pending_slots"), 60,
+                 "KVM to see logging stop again", 0.02)
+    pending = vm.stat("collapse_pending_slots")
+    log("retry: cancelled again; %d slots pending" % pending)
+    return pending
+
+
 def start(args, mode):
     """Boot the guest; None if it gets no huge pages (SKIP)."""
     shutil.rmtree(args.workdir, ignore_errors=True)
@@ -661,8 +759,9 @@ def stop(vm, workdir):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("cases", nargs="*", metavar="fail|cancel",
-                   help="what ends the migration, in turn (default: both)")
+    p.add_argument("cases", nargs="*", metavar="fail|cancel|retry|resume",
+                   help="what ends the migration, in turn (default: fail "
+                   "cancel)")
     p.add_argument("-m", "--mem", default="1G", help="guest memory")
     p.add_argument("-b", "--bandwidth", type=int, default=64 << 20,
                    help="migration bandwidth, bytes/s")
@@ -679,8 +778,10 @@ def main():
     args = p.parse_args()
     args.cases = args.cases or ["fail", "cancel"]
     for c in args.cases:
-        if c not in ("fail", "cancel"):
-            p.error("unknown case %r: fail or cancel" % c)
+        if c not in ("fail", "cancel", "retry", "resume"):
+            p.error("unknown case %r: fail, cancel, retry or resume" % c)
+        if c in ("retry", "resume") and args.libvirt:
+            p.error("%s: QEMU's monitor drives it, not libvirt" % c)
 
     try:
         with open("/sys/module/kvm/parameters/collapse_mode") as f:
