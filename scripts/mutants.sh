@@ -14,7 +14,7 @@ declare -A MODES=(
 )
 declare -A SED=(
 	# The lazy modes collapse inside the ioctl, as sync does.
-	[lazy-is-sync]='s/^\tif (mode != KVM_COLLAPSE_SYNC) {$/\tif (0 \&\& mode != KVM_COLLAPSE_SYNC) {/'
+	[lazy-is-sync]='s/^\tif (mode != KVM_COLLAPSE_SYNC \&\& /\tif (0 \&\& mode != KVM_COLLAPSE_SYNC \&\& /'
 	# Memslot updates (delete, move, logging on again) never drop a
 	# pending slot: the worker's safety net must WARN.
 	[no-cancel]='/^void kvm_mmu_collapse_cancel/,/^}/s/^\tif (!xa_erase(&c->pending, index))$/\tif (1)/'
