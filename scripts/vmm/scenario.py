@@ -88,10 +88,11 @@ STALL_S = 20
 # while the other vCPU ran on: the collapse worker, queued on the stuck
 # vCPU, waited that long ("Long readout interval" in the console, the
 # guest at 21 passes a second).  So under TCG, QEMU runs on the test VM's
-# last CPU and unbound workqueues (the collapse worker's) on the others;
-# a stuck vCPU then stops QEMU's monitor too, which the waits leave out.
-WQ_CPUMASK = "/sys/devices/virtual/workqueue/cpumask"
-PIN = {"qemu": None, "wq": None}
+# last CPU and the collapse worker (KVM starts it as a thread of QEMU,
+# named kvm-collapse, when a slot first goes pending) on the others; a
+# stuck vCPU then stops QEMU's monitor too, which the waits leave out.
+PIN = {"qemu": None, "worker": None}
+WORKER = "kvm-collapse"
 
 
 def log(msg):
@@ -294,6 +295,7 @@ class VM:
         if PIN["qemu"] is not None:
             for tid in os.listdir("/proc/%d/task" % self.pid):
                 os.sched_setaffinity(int(tid), {PIN["qemu"]})
+        self.worker = None
         self.qmp = QMP(qmp)
         self.pinger = Pinger(ping)
         self.pinger.start()
@@ -304,6 +306,22 @@ class VM:
             time.sleep(0.1)
         check(len(dirs) == 1, "no single debugfs dir of QEMU's VM: %s" % dirs)
         self.debugfs = dirs[0]
+
+    def pin_worker(self):
+        """Under TCG, move KVM's collapse worker off QEMU's CPU."""
+        if PIN["worker"] is None or self.worker:
+            return
+        for tid in os.listdir("/proc/%d/task" % self.pid):
+            try:
+                with open("/proc/%d/task/%s/comm" % (self.pid, tid)) as f:
+                    if f.read().strip() != WORKER:
+                        continue
+                os.sched_setaffinity(int(tid), PIN["worker"])
+            except OSError:
+                continue
+            self.worker = int(tid)
+            log("TCG: %s (%d) on CPUs %s" %
+                (WORKER, self.worker, sorted(PIN["worker"])))
 
     def alive(self):
         if self.libvirt:
@@ -579,6 +597,7 @@ def scenario(vm, case, mode, bandwidth, hold):
                 collapse_events(vm.pid))
     if not upstream:
         wait_for(stopped, 60, "KVM to see logging stop", 0.02)
+        vm.pin_worker()
     time.sleep(0.5)
     t_end = time.monotonic()
     pending = 0 if upstream else vm.stat("collapse_pending_slots")
@@ -630,6 +649,12 @@ def scenario(vm, case, mode, bandwidth, hold):
                  vm.stat("collapse_pending_slots"),
                  vm.stat("collapse_runs") - runs0, vm.stat("collapse_sptes"),
                  passes_stop, vm.passes(), collapse_events(vm.pid)))
+            log("%s: collapse_cancelled %d; the VM's last trace lines:" %
+                (case, vm.stat("collapse_cancelled")))
+            with open(TRACING + "/trace") as f:
+                mine = [ln.rstrip() for ln in f if " vm %d " % vm.pid in ln]
+            for ln in mine[-40:]:
+                log("trace: " + ln)
         raise
     restored = vm.stat("pages_2m")
     t_back = time.monotonic() - t_trigger
@@ -808,13 +833,8 @@ def main():
     tcg = emulated and "lazy_tcg_thread=single" not in cmdline
     cpus = sorted(os.sched_getaffinity(0))
     if emulated and len(cpus) >= 2:
-        with open(WQ_CPUMASK) as f:
-            PIN["wq"] = f.read().strip()
-        with open(WQ_CPUMASK, "w") as f:
-            f.write("%x" % sum(1 << c for c in cpus[:-1]))
-        PIN["qemu"] = cpus[-1]
-        log("TCG: QEMU on CPU %d, unbound workqueues on CPUs %s" %
-            (cpus[-1], cpus[:-1]))
+        PIN["qemu"], PIN["worker"] = cpus[-1], set(cpus[:-1])
+        log("TCG: QEMU on CPU %d" % cpus[-1])
     vm = None
     try:
         cases, tries = list(args.cases), 1
@@ -855,9 +875,6 @@ def main():
         return 1
     finally:
         stop(vm, args.workdir)
-        if PIN["wq"]:
-            with open(WQ_CPUMASK, "w") as f:
-                f.write(PIN["wq"])
     return 0
 
 
