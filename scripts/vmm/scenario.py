@@ -89,8 +89,8 @@ STALL_S = 20
 # vCPU, waited that long ("Long readout interval" in the console, the
 # guest at 21 passes a second).  So under TCG, QEMU runs on the test VM's
 # last CPU and the collapse worker (KVM starts it as a thread of QEMU,
-# named kvm-collapse, when a slot first goes pending) on the others; a
-# stuck vCPU then stops QEMU's monitor too, which the waits leave out.
+# named kvm-collapse, when dirty logging is first enabled) on the others;
+# a stuck vCPU then stops QEMU's monitor too, which the waits leave out.
 PIN = {"qemu": None, "worker": None}
 WORKER = "kvm-collapse"
 
@@ -490,6 +490,15 @@ def collapse_events(pid):
     return runs
 
 
+def migrate(vm, name):
+    """Start a migration to a new receiver on a UNIX socket; the receiver."""
+    sock = os.path.join(vm.dir, "migrate-%s.sock" % name)
+    recv = subprocess.Popen([sys.executable, "-c", RECEIVER, sock])
+    wait_for(lambda: os.path.exists(sock), 30, "the receiver's socket")
+    vm.qmp.cmd("migrate", uri="unix:" + sock)
+    return recv
+
+
 def scenario(vm, case, mode, bandwidth, hold):
     upstream = mode == "upstream"
     regions = vm.stat("pages_2m")
@@ -513,11 +522,8 @@ def scenario(vm, case, mode, bandwidth, hold):
         wait_for(lambda: vm.migration().get("status") == "active", 60,
                  "virsh dump --live to start QEMU's migration")
     else:
-        sock = os.path.join(vm.dir, "migrate-%s.sock" % case)
-        recv = subprocess.Popen([sys.executable, "-c", RECEIVER, sock])
-        wait_for(lambda: os.path.exists(sock), 30, "the receiver's socket")
         vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": bandwidth})
-        vm.qmp.cmd("migrate", uri="unix:" + sock)
+        recv = migrate(vm, case)
     t_start = time.monotonic()
 
     # Logging is on; KVM splits the huge pages as QEMU clears the dirty
@@ -701,10 +707,7 @@ def retry(vm, mode, pending, sptes0, t_stop):
     cancelled0 = 0 if upstream else vm.stat("collapse_cancelled")
     runs1 = 0 if upstream else vm.stat("collapse_runs")
     wasted = 0 if upstream else vm.stat("collapse_sptes") - sptes0
-    sock = os.path.join(vm.dir, "migrate-retry-again.sock")
-    recv = subprocess.Popen([sys.executable, "-c", RECEIVER, sock])
-    wait_for(lambda: os.path.exists(sock), 30, "the receiver's socket")
-    vm.qmp.cmd("migrate", uri="unix:" + sock)
+    recv = migrate(vm, "retry-again")
     t_again = time.monotonic() - t_stop
     wait_for(lambda: vm.migration().get("status") == "active", 60,
              "the second migration to start", 0.05)
