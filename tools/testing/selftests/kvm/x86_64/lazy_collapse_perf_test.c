@@ -17,8 +17,8 @@
  *    mode, collapse_now in ondemand mode) until the huge pages were back,
  *    and in the lazy modes from the stop until the collapse started (on
  *    split mappings), against the same run's steady state before logging;
- *  - the longest single mmu_lock hold and the time the collapse walk took
- *    in all (collapse_max_hold_ns, collapse_time_ns: the worker's busy time);
+ *  - the longest single mmu_lock hold and how long the collapse held it in
+ *    all (collapse_max_hold_ns, collapse_time_ns);
  *  - pages_2m over time from the stop, sampled every 10 ms ("curve").
  *
  * It asserts nothing about timing: it is a benchmark (see
@@ -55,7 +55,6 @@ static int nr_vcpus = 2;
 static int nr_slots = 1;
 static int log_rounds = 2;
 static const char *mode_arg;
-static const char *delay_arg = "1000";
 static uint64_t delay_ms = 1000;
 static const char *batch_arg;
 static unsigned int ondemand_pause_ms = 1000;
@@ -91,7 +90,7 @@ struct bench {
 	uint64_t *written[MAX_VCPUS];	/* guest_written[], host view */
 	uint64_t pages_per_vcpu;
 	uint64_t slot_size;
-	bool lazy;			/* the kernel has kvm.collapse_mode */
+	bool lazy;			/* KVM_CAP_X86_HUGE_PAGE_COLLAPSE */
 	const char *mode;
 };
 
@@ -206,7 +205,7 @@ static void bench_create(struct bench *b)
 	uint64_t npages = test_size / PAGE_SIZE;
 	int i;
 
-	b->lazy = !access("/sys/module/kvm/parameters/collapse_mode", F_OK);
+	b->lazy = kvm_has_cap(KVM_CAP_X86_HUGE_PAGE_COLLAPSE);
 	b->vm = vm_create_with_vcpus(nr_vcpus, guest_code, b->vcpus);
 	b->slot_size = test_size / nr_slots;
 	for (i = 0; i < nr_slots; i++)
@@ -228,18 +227,40 @@ static void bench_create(struct bench *b)
 
 	if (!b->lazy) {
 		TEST_ASSERT(!mode_arg || !strcmp(mode_arg, "upstream"),
-			    "-m %s: this kernel has no kvm.collapse_mode",
+			    "-m %s: this kernel has no KVM_CAP_X86_HUGE_PAGE_COLLAPSE",
 			    mode_arg);
 		b->mode = "upstream";
 		return;
 	}
 	TEST_ASSERT(!mode_arg || strcmp(mode_arg, "upstream"),
-		    "-m upstream: this kernel has kvm.collapse_mode");
-	if (mode_arg)
-		vm_debugfs_set(b->vm, "collapse_mode", mode_arg);
-	vm_debugfs_set(b->vm, "collapse_delay_ms", delay_arg);
-	if (batch_arg)
-		vm_debugfs_set(b->vm, "collapse_batch", batch_arg);
+		    "-m upstream: this kernel has KVM_CAP_X86_HUGE_PAGE_COLLAPSE");
+	/* As a VMM would: KVM_CAP_X86_HUGE_PAGE_COLLAPSE, before KVM_RUN. */
+	{
+		static const char * const modes[] = {
+			[KVM_X86_COLLAPSE_SYNC]		= "sync",
+			[KVM_X86_COLLAPSE_DEFERRED]	= "deferred",
+			[KVM_X86_COLLAPSE_ONDEMAND]	= "ondemand",
+		};
+		struct kvm_enable_cap cap = {
+			.cap = KVM_CAP_X86_HUGE_PAGE_COLLAPSE,
+			.args = { KVM_X86_COLLAPSE_SET_DELAY, 0, delay_ms },
+		};
+
+		for (i = 0; mode_arg && i < ARRAY_SIZE(modes); i++) {
+			if (strcmp(mode_arg, modes[i]))
+				continue;
+			cap.args[0] |= KVM_X86_COLLAPSE_SET_MODE;
+			cap.args[1] = i;
+			break;
+		}
+		TEST_ASSERT(!mode_arg || i < ARRAY_SIZE(modes),
+			    "-m %s: no such mode", mode_arg);
+		if (batch_arg) {
+			cap.args[0] |= KVM_X86_COLLAPSE_SET_BATCH;
+			cap.args[3] = atoi_positive("Batch", batch_arg);
+		}
+		vm_ioctl(b->vm, KVM_ENABLE_CAP, &cap);
+	}
 	if (mode_arg) {
 		b->mode = mode_arg;
 	} else {
@@ -383,10 +404,10 @@ static void run(void)
 	       collapse_start > t1 ? (w_collapse - w1) * 1000000000UL /
 	       (collapse_start - t1) : 0,
 	       collapse_start > t1 ? (collapse_start - t1) / 1e6 : 0);
-	printf(" max_hold_us=%.1f worker_ms=%.1f sptes=%lu\n",
+	printf(" max_hold_us=%.1f worker_ms=%.1f regions=%lu\n",
 	       vm_stat(&b, "collapse_max_hold_ns") / 1e3,
 	       vm_stat(&b, "collapse_time_ns") / 1e6,
-	       vm_stat(&b, "collapse_sptes"));
+	       vm_stat(&b, "collapse_regions"));
 
 	for (i = 0; i < nr_vcpus; i++)
 		close(b.stats_fds[i]);
@@ -405,8 +426,9 @@ static void help(const char *name)
 	backing_src_help("-s");
 	puts(" -v: vCPUs writing the memory (default 2)");
 	puts(" -x: memslots (default 1)");
-	puts(" -m: the VM's collapse_mode: sync, deferred or ondemand (default:");
-	puts("     kvm.collapse_mode); 'upstream' on a kernel without the series");
+	puts(" -m: the VM's collapse mode (KVM_ENABLE_CAP): sync, deferred or");
+	puts("     ondemand (default: kvm.collapse_mode); 'upstream' on a kernel");
+	puts("     without KVM_CAP_X86_HUGE_PAGE_COLLAPSE");
 	puts(" -d: the VM's collapse_delay_ms (default 1000)");
 	puts(" -B: the VM's collapse_batch (default: kvm.collapse_batch)");
 	puts(" -r: dirty log fetches before logging stops (default 2)");
@@ -441,7 +463,7 @@ int main(int argc, char *argv[])
 			mode_arg = optarg;
 			break;
 		case 'd':
-			delay_arg = optarg;
+
 			delay_ms = atoi_non_negative("Delay", optarg);
 			break;
 		case 'B':
