@@ -36,6 +36,14 @@ if [ -z "$modes" ]; then
 	if [ -e $param ]; then modes="sync deferred ondemand"; else modes="-"; fi
 fi
 
+# The module parameters as the kernel booted with them, before any test
+# or mode changes them (tests/lazy_collapse.list checks the defaults).
+if [ -e $param ] && [ ! -e /tmp/kvm-boot-params ]; then
+	d=${param%/*}
+	echo "$(cat "$d/collapse_mode") $(cat "$d/collapse_delay_ms") $(cat "$d/collapse_batch")" \
+		>/tmp/kvm-boot-params
+fi
+
 tests=$(cat "$@" | sed -e 's/#.*//' -e '/^[[:space:]]*$/d')
 [ -n "$filter" ] && tests=$(echo "$tests" | grep -E "^($filter)(@[^[:space:]]*)?[[:space:]]")
 # The tests of one mode, names without their @modes.
