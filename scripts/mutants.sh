@@ -4,61 +4,105 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-FILE=arch/x86/kvm/mmu/collapse.c
-# name: the modes to run in, then the sed script applied to $FILE; each
-# must change exactly one line.
-declare -A MODES=(
-	[lazy-is-sync]="deferred ondemand"
-	[no-cancel]="deferred ondemand"
-	[no-queue]="deferred"
-)
-declare -A SED=(
-	# The lazy modes collapse inside the ioctl, as sync does.
-	[lazy-is-sync]='s/^\tif (mode != KVM_COLLAPSE_SYNC \&\& /\tif (0 \&\& mode != KVM_COLLAPSE_SYNC \&\& /'
-	# Memslot updates (delete, move, logging on again) never drop a
-	# pending slot: the worker's safety net must WARN.
-	[no-cancel]='/^void kvm_mmu_collapse_cancel/,/^}/s/^\tif (!xa_erase(&c->pending, index))$/\tif (1)/'
-	# Deferred mode never queues the worker: nothing comes back.
-	[no-queue]='s/^\t\t\t\tkvm_mmu_collapse_queue(kvm, READ_ONCE(c->delay_ms));$/\t\t\t\tif (0) kvm_mmu_collapse_queue(kvm, 0);/'
-)
-ALL="unpatched lazy-is-sync no-cancel no-queue"
+# The mutants: the file under arch/x86/kvm/ and the sed script that changes
+# one line of it; the modes and list to run, extra boot arguments, and the
+# tests (a grep -E on their names) that must catch the bug: a mutant none of
+# them fails is NOT CAUGHT (a kernel splat alone is not enough).
+declare -A FILE MODES LIST APPEND TESTS SED
+mutant() { # name file modes list append tests sed
+	FILE[$1]=$2 MODES[$1]=$3 LIST[$1]=$4 APPEND[$1]=$5 TESTS[$1]=$6 SED[$1]=$7
+	ALL+=" $1"
+}
+ALL=""
+# The lazy modes collapse inside the ioctl, as sync does.
+mutant lazy-is-sync mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
+	'lazy_collapse_(restore_thp|stoptime_thp|abi)' \
+	's/^\tif (c->mode == KVM_COLLAPSE_SYNC) {$/\tif (1) {/'
+# Memslot updates (delete, move, logging again) keep a slot pending.
+mutant no-cancel mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
+	'lazy_collapse_(races|smm)' \
+	'/^void kvm_mmu_collapse_cancel/,/^}/s/^\tif (!s)$/\tif (1)/'
+# Deferred mode never queues the worker: nothing comes back.
+mutant no-queue mmu/collapse.c 'deferred' lazy_collapse.list '' \
+	'lazy_collapse_(restore_thp|starve)' \
+	'/^void kvm_mmu_collapse_slot/,/^}/s/^\t\ts->queued = true;$/\t\ts->queued = false;/'
+# Deferred mode ignores collapse_delay_ms.
+mutant no-delay mmu/collapse.c 'deferred' lazy_collapse.list '' \
+	'lazy_collapse_(restore_thp|starve)' \
+	's/^\t\ts->due = s->stopped + msecs_to_jiffies(c->delay_ms);$/\t\ts->due = s->stopped;/'
+# The worker ignores collapse_batch: a memslot in one hold.
+mutant no-batch mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
+	'lazy_collapse_restore_thp' \
+	'/^static bool kvm_collapse_batch/,/^}/s/^\tif (batch)$/\tif (0)/'
+# One due time for the VM, the last stop's: a stop postpones every slot.
+mutant vm-due mmu/collapse.c 'deferred' lazy_collapse.list '' \
+	'lazy_collapse_starve' \
+	's/^\t\tif (!queued || time_before(due, next_due))$/\t\tif (!queued || time_after(due, next_due))/'
+# An interrupted collapse starts over from the memslot's first gfn.
+mutant restart mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
+	'lazy_collapse_resume' \
+	's/^\tmax_seq = c->seq;$/\tmax_seq = c->seq; xa_for_each(\&c->pending, index, s) if (s->started) { s->started = false; s->run.next = id_to_memslot(__kvm_memslots(kvm, kvm_collapse_as_id(index)), kvm_collapse_id(index))->base_gfn; }/'
+# The pending index drops the address space: SMM slots collide.
+mutant no-as-id mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
+	'lazy_collapse_smm' \
+	's/^\treturn ((unsigned long)as_id << 16) | (u16)id;$/\treturn (u16)id;/'
+# The memslot ioctl that stops logging creates the worker.
+mutant memslot-thread mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
+	'lazy_collapse_worker' \
+	's/^\tif (!READ_ONCE(c->task)) {$/\tif (!READ_ONCE(c->task) \&\& call_once(\&c->once, kvm_collapse_start_worker)) {/'
+# VM destruction never stops the worker.
+mutant no-stop mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
+	'lazy_collapse_(worker|teardown)' \
+	's/^\t\tvhost_task_stop(kvm->arch.collapse.task);$/\t\tvhost_task_wake(kvm->arch.collapse.task);/'
+# kvm.collapse_mode defaults to deferred.
+mutant default-deferred mmu/collapse.c 'sync' lazy_collapse.list '' \
+	'lazy_collapse_defaults' \
+	's/^static int __read_mostly collapse_mode = KVM_COLLAPSE_SYNC;$/static int __read_mostly collapse_mode = KVM_COLLAPSE_DEFERRED;/'
+# KVM_ENABLE_CAP takes unknown flags.
+mutant cap-flags mmu/collapse.c 'sync' lazy_collapse.list '' \
+	'lazy_collapse_abi' \
+	's/^\tif (!flags || (flags \& ~KVM_X86_COLLAPSE_VALID_FLAGS))$/\tif (!flags)/'
+# KVM_X86_COLLAPSE_HUGE_PAGES takes any argument.
+mutant ioctl-arg x86.c 'ondemand' lazy_collapse.list '' \
+	'lazy_collapse_abi' \
+	'/^\tcase KVM_X86_COLLAPSE_HUGE_PAGES:$/,/break;/s/^\t\tif (arg)$/\t\tif (0)/'
+# The shadow MMU counts zapped SPTEs, not huge page regions.
+mutant rmap-sptes mmu/mmu.c 'deferred' lazy_collapse_shadow.list 'kvm.tdp_mmu=N' \
+	'lazy_collapse_(restore_thp|resume)' \
+	'/^static bool kvm_mmu_zap_collapsible_spte/,/^}/s/^\t\tif (region != \*last_region) {$/\t\tif (1) {/'
 
 usage() {
 	cat <<USAGE
-Usage: ${0##*/} [--filter REGEX] [NAME...] [--help]
+Usage: ${0##*/} [NAME...] [--help]
 
-Boots the test kernel with one deliberate bug in KVM's
-$FILE (edited in linux/, rebuilt, restored and rebuilt
-at the end; linux/ must be clean) and runs tests/lazy_collapse.list in
-the modes the bug is about; "unpatched" boots the unmodified kernel
-(built as scripts/bench.sh does) and runs the list once. Prints, per
-kernel, which of our tests failed and the first reason each gave, and the
-first kernel splat in its console (boot.sh --check-log, which fails the
-test command as well); a kernel with neither is reported as not caught,
-and the exit status is then 1. Logs: out/mutants-<time>/NAME/.
-Kernels (default: all):
-  unpatched     the base commit: every lazy_collapse_test must fail (no
-                kvm.collapse_mode); lazy_collapse_perf_smoke is the
-                benchmark's smoke run, which measures unpatched kernels too
-  lazy-is-sync  ${MODES[lazy-is-sync]}: collapse inside the ioctl
-  no-cancel     ${MODES[no-cancel]}: memslot updates keep a slot pending
-  no-queue      ${MODES[no-queue]}: the worker is never queued (its
-                tests wait out their timeouts: about 20 minutes)
-  --filter  only the tests whose name matches this grep -E regex
+Boots the test kernel with one deliberate bug (an edit of exactly one line
+under linux/arch/x86/kvm/, rebuilt, restored and rebuilt at the end; linux/
+must be clean) and runs, in the modes the bug is about, the tests of our
+lists that must catch it; "unpatched" boots the unmodified kernel (built as
+scripts/bench.sh does), on which each of our tests must skip or fail.
+Prints, per kernel, which tests failed and the first reason each gave, and
+the first kernel splat in its console (boot.sh --check-log, which fails the
+test command as well). A kernel on which none of its named tests fails is
+reported as NOT CAUGHT, and the exit status is then 1. Logs:
+out/mutants-<time>/NAME/.
+Kernels (default: all), with the tests that must catch each:
+$(for n in $ALL; do printf '  %-17s %s (%s)\n' "$n" "${TESTS[$n]}" "${MODES[$n]}"; done)
+  unpatched         every lazy_collapse test skips: no KVM_CAP_X86_HUGE_PAGE_COLLAPSE
 USAGE
 }
 
-names=() filter=""
+sel=()
 while [ $# -gt 0 ]; do
 	case "$1" in
-	--filter) filter=${2:?}; shift ;;
 	-h | --help) usage; exit 0 ;;
-	unpatched | lazy-is-sync | no-cancel | no-queue) names+=("$1") ;;
-	*) usage >&2; exit 2 ;;
+	unpatched) sel+=("$1") ;;
+	*)
+		[ -n "${FILE[$1]:-}" ] || { usage >&2; exit 2; }
+		sel+=("$1") ;;
 	esac
 	shift
 done
-[ "${#names[@]}" -gt 0 ] || read -r -a names <<<"$ALL"
+[ "${#sel[@]}" -gt 0 ] || read -r -a sel <<<"$ALL unpatched"
 
 [ "$(id -u)" != 0 ] || "$TOP/scripts/install-deps.sh"
 "$TOP/scripts/prepare.sh" >/dev/null
@@ -70,39 +114,49 @@ mkdir -p "$res"
 "$TOP/scripts/mkinitramfs.sh" >/dev/null
 
 restore() {
-	git -C "$LINUX" checkout -q -- "$FILE"
+	git -C "$LINUX" checkout -q -- arch/x86/kvm
 }
-trap 'restore; log "linux/$FILE restored: rebuild with scripts/build-kernel.sh"' EXIT
+trap 'restore; log "linux/arch/x86/kvm restored: rebuild with scripts/build-kernel.sh"' EXIT
 
-run() { # name modes boot-args...
-	local name=$1 modes=$2 run
-	shift 2
-	run="./run-tests.sh -m \"$modes\""
-	[ -z "$filter" ] || run+=" -f \"$filter\""
-	log "$name: running lazy_collapse.list ($modes)"
-	"$TOP/scripts/boot.sh" --append "hugepagesz=1G hugepages=2" \
-		--logdir "$res/$name" "$@" -- "$run lazy_collapse.list" \
-		>"$res/$name.log" 2>&1 || true
+run() { # name modes list filter boot-args...
+	local name=$1 modes=$2 list=$3 filter=$4 run
+	shift 4
+	run="./run-tests.sh -m \"$modes\" -f \"$filter\" $list"
+	log "$name: $list, $filter ($modes)"
+	"$TOP/scripts/boot.sh" --append "hugepagesz=1G hugepages=2 ${append:-}" \
+		--logdir "$res/$name" "$@" -- "$run" >"$res/$name.log" 2>&1 || true
 }
 
 uncaught=0
-for name in "${names[@]}"; do
+for name in "${sel[@]}"; do
+	append=""
 	if [ "$name" = unpatched ]; then
 		kernel=$(build_upstream | tail -n 1)
-		run unpatched - --kernel "$kernel"
-	else
-		sed -i "${SED[$name]}" "$LINUX/$FILE"
-		[ "$(git -C "$LINUX" diff --numstat -- "$FILE" | cut -f1,2)" = "1	1" ] ||
-			die "$name: the edit did not change exactly one line of $FILE"
-		git -C "$LINUX" diff -U0 -- "$FILE" | grep '^[-+]	' | sed "s/^/# $name: /"
-		"$TOP/scripts/build-kernel.sh" >"$res/$name-build.log" 2>&1 ||
-			die "$name: build failed, see $res/$name-build.log"
-		run "$name" "${MODES[$name]}"
-		restore
+		run unpatched - lazy_collapse.list 'lazy_collapse_.*' --kernel "$kernel"
+		out=$res/$name/output.log
+		n=$(grep -cE '^ok [0-9]+ lazy_collapse' "$out" || true)
+		ran=$(grep -E '^ok [0-9]+ lazy_collapse' "$out" | grep -vc '# SKIP' || true)
+		echo "# unpatched: $n of our tests, $ran of them passed (not skipped)"
+		# The benchmark's smoke run measures unmodified kernels too.
+		grep -E '^ok [0-9]+ lazy_collapse' "$out" | grep -v '# SKIP' |
+			grep -v perf_smoke | sed 's/^/#   passed: /' || true
+		[ "$(grep -E '^ok [0-9]+ lazy_collapse' "$out" | grep -v '# SKIP' |
+			grep -vc perf_smoke || true)" = 0 ] || { echo "# unpatched: NOT CAUGHT"; uncaught=1; }
+		continue
 	fi
+	file=arch/x86/kvm/${FILE[$name]}
+	sed -i "${SED[$name]}" "$LINUX/$file"
+	[ "$(git -C "$LINUX" diff --numstat -- "$file" | cut -f1,2)" = "1	1" ] ||
+		die "$name: the edit did not change exactly one line of $file"
+	git -C "$LINUX" diff -U0 -- "$file" | grep '^[-+]	' | sed "s/^/# $name: /"
+	"$TOP/scripts/build-kernel.sh" >"$res/$name-build.log" 2>&1 ||
+		die "$name: build failed, see $res/$name-build.log"
+	append=${APPEND[$name]}
+	run "$name" "${MODES[$name]}" "${LIST[$name]}" "${TESTS[$name]}"
+	restore
 	out=$res/$name/output.log
-	failed=$(grep -c '^not ok ' "$out" || true)
-	echo "# $name: $failed of $(grep -cE '^(not )?ok ' "$out" || true) tests failed"
+	failed=$(grep -cE '^not ok ' "$out" || true)
+	echo "# $name: $failed of $(grep -cE '^(not )?ok [0-9]+ ' "$out" || true) tests failed"
 	# Each failed test and the first reason its output gave.
 	awk '/^(not )?ok [0-9]+ / {
 		if ($1 == "not") {
@@ -113,16 +167,13 @@ for name in "${names[@]}"; do
 	}
 	why == "" && /\.c:[0-9]+: |FAIL|timed out/ { why = $0; sub(/^[# ]*/, "", why) }' \
 		"$out" | head -n 40
-	# boot.sh's own splat check, which fails the test command too.
-	splat=0
 	if ! lines=$("$TOP/scripts/boot.sh" --check-log "$res/$name/console.log" 2>&1); then
-		splat=1
 		echo "#   console: $(head -n 1 <<<"$lines" | cut -d: -f2-)"
 	fi
-	[ "$failed" -gt 0 ] || [ "$splat" = 1 ] || { echo "# $name: NOT CAUGHT"; uncaught=1; }
+	[ "$failed" -gt 0 ] || { echo "# $name: NOT CAUGHT"; uncaught=1; }
 done
 trap - EXIT
 restore
 "$TOP/scripts/build-kernel.sh" >/dev/null
-log "linux/$FILE restored and the test kernel rebuilt; logs in $res"
+log "linux/arch/x86/kvm restored and the test kernel rebuilt; logs in $res"
 exit "$uncaught"
