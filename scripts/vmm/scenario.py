@@ -40,7 +40,7 @@ monitors through <qemu:commandline>).  It measures:
     failure is how long QEMU held that lock, stopping logging included
     (resume: or the time "cont" took, if longer);
   - KVM's collapse: the kvm_mmu_collapse_start/end tracepoints of this VM
-    (mode, time, SPTEs) and its statistics (pages_2m, collapse_*);
+    (mode, mmu_lock hold, regions) and its statistics (pages_2m, collapse_*);
 
 and checks, for the kvm.collapse_mode in force (the VM inherits it):
 
@@ -89,7 +89,7 @@ STALL_S = 20
 # vCPU, waited that long ("Long readout interval" in the console, the
 # guest at 21 passes a second).  So under TCG, QEMU runs on the test VM's
 # last CPU and the collapse worker (KVM starts it as a thread of QEMU,
-# named kvm-collapse, when dirty logging is first enabled) on the others;
+# named kvm-collapse, at its first KVM_RUN in a lazy mode) on the others;
 # a stuck vCPU then stops QEMU's monitor too, which the waits leave out.
 PIN = {"qemu": None, "worker": None}
 WORKER = "kvm-collapse"
@@ -475,7 +475,7 @@ def tracing(on):
 
 
 def collapse_events(pid):
-    """(mode, ns, sptes) of each collapse run of VM pid in the trace."""
+    """(mode, hold_ns, regions) of each collapse of VM pid in the trace."""
     runs, mode = [], None
     with open(TRACING + "/trace") as f:
         for line in f:
@@ -485,8 +485,8 @@ def collapse_events(pid):
             if "kvm_mmu_collapse_start:" in w:
                 mode = w[w.index("mode") + 1]
             elif "kvm_mmu_collapse_end:" in w:
-                runs.append((mode, int(w[w.index("ns") + 1]),
-                             int(w[w.index("sptes") + 1])))
+                runs.append((mode, int(w[w.index("hold_ns") + 1]),
+                             int(w[w.index("regions") + 1])))
     return runs
 
 
@@ -503,7 +503,7 @@ def scenario(vm, case, mode, bandwidth, hold):
     upstream = mode == "upstream"
     regions = vm.stat("pages_2m")
     runs0 = 0 if upstream else vm.stat("collapse_runs")
-    sptes0 = 0 if upstream else vm.stat("collapse_sptes")
+    regions0 = 0 if upstream else vm.stat("collapse_regions")
     job = None
     if vm.libvirt:
         case = "libvirt-" + case
@@ -624,7 +624,7 @@ def scenario(vm, case, mode, bandwidth, hold):
               int(vm.knob("collapse_delay_ms")) < 2000,
               "%s: collapsed at the stop" % mode)
     if case == "retry":
-        pending = retry(vm, mode, pending, sptes0, t_stop)
+        pending = retry(vm, mode, pending, regions0, t_stop)
     if mode == "ondemand":
         time.sleep(5)
         check(vm.stat("collapse_runs") == runs0 and
@@ -649,11 +649,11 @@ def scenario(vm, case, mode, bandwidth, hold):
         # backing that is no longer huge (collapsed, guest running on).
         if type(e) is Failed and not upstream:
             log("%s: at the timeout: pages_2m %d, %d slots pending, %d runs "
-                "in this case, %d SPTEs collapsed in the VM's life, guest "
+                "in this case, %d regions collapsed in the VM's life, guest "
                 "passes %d at the stop, %d now; runs traced: %s" %
                 (case, vm.stat("pages_2m"),
                  vm.stat("collapse_pending_slots"),
-                 vm.stat("collapse_runs") - runs0, vm.stat("collapse_sptes"),
+                 vm.stat("collapse_runs") - runs0, vm.stat("collapse_regions"),
                  passes_stop, vm.passes(), collapse_events(vm.pid)))
             log("%s: collapse_cancelled %d; the VM's last trace lines:" %
                 (case, vm.stat("collapse_cancelled")))
@@ -673,11 +673,11 @@ def scenario(vm, case, mode, bandwidth, hold):
               "%s mode, runs traced: %s" % (mode, runs))
         check(vm.stat("collapse_pending_slots") == 0, "slots still pending")
     kvm_ns = sum(ns for (_, ns, _) in runs)
-    sptes = sum(s for (_, _, s) in runs)
+    collapsed = sum(r for (_, _, r) in runs)
     log("%s: pages_2m %d again %.1f s after the %s; %d collapse runs, "
-        "%d SPTEs, %.1f ms" % (case, restored, t_back,
-                               "trigger" if mode == "ondemand" else "stop",
-                               len(runs), sptes, kvm_ns / 1e6))
+        "%d regions, mmu_lock held %.1f ms" %
+        (case, restored, t_back, "trigger" if mode == "ondemand" else "stop",
+         len(runs), collapsed, kvm_ns / 1e6))
 
     # The guest ran on and every page held what it wrote: two more passes
     # check all of its memory after the collapse.
@@ -687,15 +687,15 @@ def scenario(vm, case, mode, bandwidth, hold):
     st = vm.qmp.cmd("query-status")
     check(st["status"] == "running", "guest %s" % st["status"])
     print("qemu-result case=%s mode=%s qemu_stop_ms=%.1f kvm_collapse_ms=%.1f "
-          "collapse_runs=%d sptes=%d pages_2m_before=%d pages_2m_logging=%d "
+          "collapse_runs=%d regions=%d pages_2m_before=%d pages_2m_logging=%d "
           "pages_2m_after_stop=%d pages_2m_restored=%d restore_s=%.1f "
           "guest_passes=%d" % (case, mode, held * 1e3, kvm_ns / 1e6,
-                               len(runs), sptes, regions, split_count,
+                               len(runs), collapsed, regions, split_count,
                                after_stop, restored, t_back, vm.passes()),
           flush=True)
 
 
-def retry(vm, mode, pending, sptes0, t_stop):
+def retry(vm, mode, pending, regions0, t_stop):
     """Migrate again at once after a cancel, and cancel that one too.
 
     Logging starts again on every slot, so what was pending for them is
@@ -706,7 +706,7 @@ def retry(vm, mode, pending, sptes0, t_stop):
     upstream = mode == "upstream"
     cancelled0 = 0 if upstream else vm.stat("collapse_cancelled")
     runs1 = 0 if upstream else vm.stat("collapse_runs")
-    wasted = 0 if upstream else vm.stat("collapse_sptes") - sptes0
+    wasted = 0 if upstream else vm.stat("collapse_regions") - regions0
     recv = migrate(vm, "retry-again")
     t_again = time.monotonic() - t_stop
     wait_for(lambda: vm.migration().get("status") == "active", 60,
@@ -718,7 +718,7 @@ def retry(vm, mode, pending, sptes0, t_stop):
                  "logging to start again on the pending slots", 0.05)
         dropped = vm.stat("collapse_cancelled") - cancelled0
     log("retry: migrated again %.1f s after the stop; %d pending slots "
-        "cancelled, %d SPTEs collapsed between the two migrations" %
+        "cancelled, %d regions collapsed between the two migrations" %
         (t_again, dropped, wasted))
     if mode in ("deferred", "ondemand"):
         check(dropped == pending, "%s: %d slots were pending, %d cancelled"
