@@ -3,9 +3,9 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-ALL_STAGES="series tdp shadow npt0 debug1g vmm debug"
+ALL_STAGES="series tdp debug1g debug vmm shadow npt0"
 # Stages whose VM runs its vCPUs in one TCG thread (see boot_stage).
-ONE_THREAD="shadow npt0 debug1g vmm debug"
+ONE_THREAD="debug1g debug vmm shadow npt0"
 
 usage() {
 	cat <<USAGE
@@ -17,25 +17,26 @@ the stages (default: all of: $ALL_STAGES):
   tdp     test kernel, TDP MMU, two 1 GiB hugetlb pages reserved at boot:
           tests/upstream.list and tests/lazy_collapse.list in every
           collapse mode
-  shadow  test kernel booted with kvm.tdp_mmu=N (shadow MMU, rmap walk):
-          tests/lazy_collapse_shadow.list in every collapse mode
-  npt0    test kernel booted with kvm_amd.npt=0 kvm_intel.ept=0 (shadow
-          paging: the shadow MMU shadows the guest's own page tables):
-          tests/lazy_collapse_shadow.list in every collapse mode
-  vmm     test kernel, a real VMM: Debian's QEMU (from the host's root,
-          shared over 9p) migrates a guest and the migration fails or is
-          cancelled, driven over QMP and then through libvirt
-          (tests/vmm.list, scripts/vmm/scenario.py), every mode
   debug1g debug kernel (KASAN, lockdep, ...; boot.sh adds no5lvl), two
           1 GiB hugetlb pages reserved at boot: the 1 GiB tests,
           tests/lazy_collapse_debug_1g.list, in every mode
   debug   debug kernel: tests/lazy_collapse_debug.list in every mode,
           tests/debug-upstream.list
+  vmm     test kernel, a real VMM: Debian's QEMU (from the host's root,
+          shared over 9p) migrates a guest and the migration fails or is
+          cancelled, driven over QMP and then through libvirt
+          (tests/vmm.list, scripts/vmm/scenario.py), every mode; and the
+          upstream tests that need one TCG thread (tests/upstream-1t.list)
+  shadow  test kernel booted with kvm.tdp_mmu=N (shadow MMU, rmap walk):
+          tests/lazy_collapse_shadow.list in every collapse mode
+  npt0    test kernel booted with kvm_amd.npt=0 kvm_intel.ept=0 (shadow
+          paging: the shadow MMU shadows the guest's own page tables):
+          tests/lazy_collapse_shadow.list in every collapse mode
 Under TCG the VMs of the stages $ONE_THREAD run all their vCPUs in one
 host thread (QEMU 7.2's multi-threaded TCG corrupts nested guests now and
 then). Such stages next to each other in the order above are built
 first, then booted two at a time, in that order (the default order
-starts the longest, debug1g, as early as it can).
+starts the two longest, debug1g and debug, first).
 Not run unless asked for (a third cold kernel build):
   modules KVM built as modules (configs/modules.config), loaded from the
           build directory over 9p (scripts/vm/kvm-modules.sh):
@@ -248,7 +249,7 @@ boot_named() { # stage
 	shadow) boot_stage shadow test "kvm.tdp_mmu=N" lazy_collapse_shadow.list ;;
 	npt0) boot_stage npt0 test "kvm_amd.npt=0 kvm_intel.ept=0" \
 		lazy_collapse_shadow.list ;;
-	vmm) boot_stage vmm test "" vmm.list ;;
+	vmm) boot_stage vmm test "" vmm.list upstream-1t.list ;;
 	modules) boot_stage modules modules \
 		"lazy_modules=$BUILD/modules/modinst" modules.list ;;
 	debug1g) boot_stage debug1g debug "hugepagesz=1G hugepages=2" \
