@@ -37,7 +37,7 @@ mutant no-batch mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
 # One due time for the VM, the last stop's: a stop postpones every slot.
 mutant vm-due mmu/collapse.c 'deferred' lazy_collapse.list '' \
 	'lazy_collapse_starve' \
-	's/^\t\tif (!queued || time_before(due, next_due))$/\t\tif (!queued || time_after(due, next_due))/'
+	's/^\t\ts->due = s->stopped + msecs_to_jiffies(c->delay_ms);$/\t\ts->due = s->stopped + msecs_to_jiffies(c->delay_ms); { struct kvm_collapse_slot *o; unsigned long i; xa_for_each(\&c->pending, i, o) o->due = s->due; }/'
 # An interrupted collapse starts over from the memslot's first gfn.
 mutant restart mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
 	'lazy_collapse_resume' \
@@ -148,7 +148,7 @@ for name in "${sel[@]}"; do
 	sed -i "${SED[$name]}" "$LINUX/$file"
 	[ "$(git -C "$LINUX" diff --numstat -- "$file" | cut -f1,2)" = "1	1" ] ||
 		die "$name: the edit did not change exactly one line of $file"
-	git -C "$LINUX" diff -U0 -- "$file" | grep '^[-+]	' | sed "s/^/# $name: /"
+	git -C "$LINUX" diff -U0 -- "$file" | grep -E '^[-+]([^-+]|$)' | sed "s/^/# $name: /" || true
 	"$TOP/scripts/build-kernel.sh" >"$res/$name-build.log" 2>&1 ||
 		die "$name: build failed, see $res/$name-build.log"
 	append=${APPEND[$name]}
