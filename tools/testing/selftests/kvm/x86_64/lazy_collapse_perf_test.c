@@ -11,7 +11,8 @@
  *  - how long the ioctls that clear KVM_MEM_LOG_DIRTY_PAGES took, the
  *    longest one and all slots together;
  *  - how long until the huge pages (pages_2m) were back to the count before
- *    logging, from the stop, and how many page faults (pf_fixed) that took;
+ *    logging, from the stop, and how many page faults (pf_fixed) and remote
+ *    TLB flushes (remote_tlb_flush_requests) that took;
  *  - what the guest paid: pages written per second from the start of the
  *    collapse (the ioctl in sync mode, the end of the delay in deferred
  *    mode, collapse_now in ondemand mode) until the huge pages were back,
@@ -281,6 +282,7 @@ static void run(void)
 	uint64_t *curve_p = calloc(MAX_SAMPLES, sizeof(uint64_t));
 	uint64_t stop_ns, stop_max = 0, stop_total = 0;
 	uint64_t before, split, t0, t1, w0, w1, steady, pf0, pf_back;
+	uint64_t flush0, flush_back;
 	uint64_t stop_start, collapse_start = 0, w_collapse = 0, back = 0;
 	uint64_t w_back = 0, end, p2m;
 	unsigned long *bitmap;
@@ -320,6 +322,7 @@ static void run(void)
 
 	/* The migration fails: stop logging on every slot. */
 	pf0 = vcpu_stat_sum(&b, "pf_fixed");
+	flush0 = vm_stat(&b, "remote_tlb_flush_requests");
 	stop_start = now_ns();
 	for (i = 0; i < nr_slots; i++) {
 		t1 = now_ns();
@@ -376,6 +379,7 @@ static void run(void)
 		usleep(SAMPLE_US);
 	}
 	pf_back = vcpu_stat_sum(&b, "pf_fixed");
+	flush_back = vm_stat(&b, "remote_tlb_flush_requests");
 
 	WRITE_ONCE(*(bool *)addr_gva2hva(b.vm, (vm_vaddr_t)&guest_stop), true);
 	for (i = 0; i < nr_vcpus; i++)
@@ -392,8 +396,8 @@ static void run(void)
 	       nr_vcpus, nr_slots);
 	printf(" stop_us=%.1f stop_total_us=%.1f", stop_max / 1e3,
 	       stop_total / 1e3);
-	printf(" back_ms=%.1f faults=%lu", (back - stop_start) / 1e6,
-	       pf_back - pf0);
+	printf(" back_ms=%.1f faults=%lu flushes=%lu", (back - stop_start) / 1e6,
+	       pf_back - pf0, flush_back - flush0);
 	printf(" pages_2m_before=%lu pages_2m_logging=%lu", before, split);
 	printf(" steady_pps=%lu collapse_pps=%lu collapse_window_ms=%.1f",
 	       steady, back > collapse_start ? (w_back - w_collapse) *

@@ -21,6 +21,12 @@
  *            while logging: at once (sync), not before and not long after
  *            the delay (deferred), only after collapse_now (ondemand); the
  *            guest then finds its memory intact;
+ *  inplace:  the TDP MMU maps the huge pages again without the guest
+ *            touching its memory, with one remote TLB flush per batch or
+ *            fewer, and the guest then runs without faulting them back in;
+ *            the shadow MMU zaps, and the guest faults them back.  Either
+ *            way the guest finds its memory intact, and logging enabled
+ *            again on the recovered slot reports every page written;
  *  stoptime: the ioctl that clears KVM_MEM_LOG_DIRTY_PAGES costs about the
  *            same for a 2MiB and a large slot in the lazy modes, and grows
  *            with the size in sync mode;
@@ -76,6 +82,11 @@ static const char * const params[] = {
 	"collapse_mode", "collapse_delay_ms", "collapse_batch",
 };
 
+/* What main() puts back after each subtest: the above, and what -x sets. */
+static const char * const restored[] = {
+	"collapse_mode", "collapse_delay_ms", "collapse_batch", "nx_huge_pages",
+};
+
 static const char * const mode_names[] = {
 	[KVM_X86_COLLAPSE_SYNC]		= "sync",
 	[KVM_X86_COLLAPSE_DEFERRED]	= "deferred",
@@ -83,7 +94,10 @@ static const char * const mode_names[] = {
 };
 
 /* What the guest does with each page of a pass. */
-enum { GUEST_READ, GUEST_WRITE, GUEST_CHECK };
+enum { GUEST_READ, GUEST_WRITE, GUEST_CHECK, GUEST_EXEC };
+
+/* Where GUEST_EXEC calls: past the word each pass writes of a page. */
+#define EXEC_OFFSET	8
 
 /* Shared with the guest. */
 static uint64_t guest_iter;
@@ -95,6 +109,7 @@ static int nr_vcpus = 2;
 static int iterations = 20;
 static int nr_stops = 5;
 static const char *restore_batch;
+static bool nx_force;
 static unsigned int seed;
 static enum vm_mem_backing_src_type backing = VM_MEM_SRC_ANONYMOUS_THP;
 
@@ -122,6 +137,14 @@ static void guest_code(uint64_t gva, uint64_t npages, uint64_t first,
 	for (;;) {
 		uint64_t iter = READ_ONCE(guest_iter);
 		int op = READ_ONCE(guest_op);
+
+		/* vCPU 0 runs the function the host put in the first page. */
+		if (op == GUEST_EXEC) {
+			if (!first)
+				((void (*)(void))(gva + EXEC_OFFSET))();
+			GUEST_SYNC(iter);
+			continue;
+		}
 
 		for (i = first; i < npages; i += stride) {
 			uint64_t *p = (uint64_t *)(gva + i * PAGE_SIZE);
@@ -351,6 +374,42 @@ static uint64_t stat_of(struct test_vm *t, const char *name)
 	__vm_get_stat(t->vm, name, &v, 1);
 	TEST_ASSERT(v != NO_STAT, "No VM statistic %s", name);
 	return v;
+}
+
+/* A statistic of one vCPU. */
+static uint64_t vcpu_stat(struct kvm_vcpu *vcpu, const char *name)
+{
+	struct kvm_stats_desc *descs, *desc;
+	struct kvm_stats_header header;
+	int fd = vcpu_get_stats_fd(vcpu), i;
+	uint64_t v = NO_STAT;
+	size_t size;
+
+	read_stats_header(fd, &header);
+	descs = read_stats_descriptors(fd, &header);
+	size = get_stats_descriptor_size(&header);
+	for (i = 0; i < header.num_desc; i++) {
+		desc = (void *)descs + i * size;
+		if (!strcmp(desc->name, name)) {
+			read_stat_data(fd, &header, desc, &v, 1);
+			break;
+		}
+	}
+	free(descs);
+	close(fd);
+	TEST_ASSERT(v != NO_STAT, "No vCPU statistic %s", name);
+	return v;
+}
+
+/* The page faults the vCPUs took, all together. */
+static uint64_t vcpu_faults(struct test_vm *t)
+{
+	uint64_t n = 0;
+	int i;
+
+	for (i = 0; i < nr_vcpus; i++)
+		n += vcpu_stat(t->vcpus[i], "pf_taken");
+	return n;
 }
 
 /* KVM_ENABLE_CAP(KVM_CAP_X86_HUGE_PAGE_COLLAPSE); 0 or -errno. */
@@ -989,6 +1048,146 @@ static void test_restore(void)
 }
 
 /*
+ * Check the pass that wrote @iter to every page of the first test slot, from
+ * the host: each page holds what the guest wrote, and, if logging was on,
+ * each page is in the dirty log.
+ */
+static void check_pass(struct test_vm *t, uint64_t iter, bool logging)
+{
+	uint64_t i, npages = t->slot_size[0] / PAGE_SIZE, missed = 0;
+	uint64_t *hva = addr_gpa2hva(t->vm, TEST_GPA);
+
+	if (logging)
+		kvm_vm_get_dirty_log(t->vm, slot_id(0), t->bitmap);
+	for (i = 0; i < npages; i++) {
+		uint64_t v = hva[i * PAGE_SIZE / sizeof(*hva)];
+
+		TEST_ASSERT(v == (iter << 32 | i),
+			    "Page %lu holds 0x%lx, the guest wrote 0x%lx",
+			    i, v, iter << 32 | i);
+		if (logging && !test_bit(i, t->bitmap))
+			missed++;
+	}
+	TEST_ASSERT(!missed, "%lu of %lu written pages missing from the dirty log",
+		    missed, npages);
+}
+
+/*
+ * inplace: the slot is mapped huge, split by logging with every page
+ * written, then logging stops and the collapse runs as the mode says, with
+ * the vCPUs idle.  The TDP MMU must have mapped every huge page again
+ * (pages_2m, pages_1g as before logging) with at most one remote TLB flush
+ * per collapse_batch regions (zapping flushed once per region); the
+ * guest's check of its memory must then take almost no page fault (zapping
+ * takes one per region or more).  The shadow MMU zaps: nothing is mapped
+ * huge until the guest's check faults the huge pages back.  Then logging
+ * is enabled again and the guest writes every page: each must be in the
+ * dirty log, with what the guest wrote, and split again.
+ *
+ * Before that, the guest executes code in the slot: with the NX huge page
+ * mitigation on (-x sets kvm.nx_huge_pages=force), huge SPTEs are not
+ * executable, so that this splits a huge page, whether recovered in place
+ * or faulted back in; with it off, it changes nothing.
+ */
+static void test_inplace(void)
+{
+	struct test_vm *t = create_test_vm(test_size);
+	bool in_place = kvm_is_tdp_enabled() && get_kvm_param_bool("tdp_mmu");
+	int mode = vm_mode(t->vm);
+	uint64_t before, gb_before, regions, flushes, faults, max_flushes;
+	uint8_t *code;
+	unsigned int batch;
+	char nx[16];
+	bool nx_on;
+
+	if (nx_force) {
+		TEST_ASSERT(!write_file(PARAM_DIR "nx_huge_pages", "force"),
+			    "Cannot set kvm.nx_huge_pages=force");
+		/* It zapped the SPTEs of every VM: create this one after. */
+		free_test_vm(t);
+		t = create_test_vm(test_size);
+	}
+	read_file(PARAM_DIR "nx_huge_pages", nx, sizeof(nx));
+	nx[strcspn(nx, "\n")] = '\0';
+	nx_on = nx[0] == 'Y';
+
+	set_collapse(t->vm, KVM_X86_COLLAPSE_SET_DELAY, 0, 100, 0);
+	batch = vm_knob(t->vm, "collapse_batch");
+	pass(t, 1, GUEST_WRITE);
+	before = huge_2m(t);
+	gb_before = stat_of(t, "pages_1g");
+	TEST_ASSERT(before > 0, "No 2MiB region of %lu MiB mapped huge",
+		    test_size >> 20);
+
+	split_all(t, 2);
+	flushes = stat_of(t, "remote_tlb_flush_requests");
+	set_logging(t, 0, false);
+	if (mode == KVM_X86_COLLAPSE_ONDEMAND)
+		TEST_ASSERT_EQ(collapse_now(t->vm, 0), 0);
+	TEST_ASSERT(wait_no_pending(t, 300), "Collapse still pending after 300 s");
+	flushes = stat_of(t, "remote_tlb_flush_requests") - flushes;
+	regions = stat_of(t, "collapse_regions");
+	TEST_ASSERT_EQ(regions, gb_before ? gb_before : before);
+
+	ksft_print_msg("inplace [%s]: %s MMU, %lu regions, %lu remote TLB flushes, batch %u\n",
+		       mode_names[mode], in_place ? "TDP" : "shadow", regions,
+		       flushes, batch);
+	ksft_print_msg("inplace [%s]: huge: %lu before logging, 0 logging, %lu after\n",
+		       mode_names[mode], before, huge_2m(t));
+	if (in_place) {
+		TEST_ASSERT_EQ(huge_2m(t), before);
+		TEST_ASSERT_EQ(stat_of(t, "pages_1g"), gb_before);
+		/*
+		 * One flush per hold of mmu_lock: one per batch, and a few more
+		 * where a hold stopped early (a reschedule due).  Sync mode has
+		 * no batch: a quarter of the regions leaves that room and fails
+		 * a flush per region.
+		 */
+		max_flushes = mode == KVM_X86_COLLAPSE_SYNC ?
+			      regions / 4 : DIV_ROUND_UP(regions, batch) + 4;
+		TEST_ASSERT(flushes <= max_t(uint64_t, max_flushes, 1),
+			    "%lu remote TLB flushes to collapse %lu regions",
+			    flushes, regions);
+	} else {
+		TEST_ASSERT_EQ(huge_2m(t), 0);
+	}
+
+	faults = vcpu_faults(t);
+	pass(t, 2, GUEST_CHECK);
+	faults = vcpu_faults(t) - faults;
+	ksft_print_msg("inplace [%s]: the guest's check took %lu page faults\n",
+		       mode_names[mode], faults);
+	TEST_ASSERT_EQ(huge_2m(t), before);
+	if (in_place)
+		TEST_ASSERT(faults * 8 < regions,
+			    "%lu page faults after recovering %lu regions in place",
+			    faults, regions);
+	else
+		TEST_ASSERT(faults >= regions,
+			    "%lu page faults after zapping %lu regions", faults,
+			    regions);
+
+	/* A 'ret' where vCPU 0 calls, in the first 2MiB region. */
+	code = addr_gpa2hva(t->vm, TEST_GPA + EXEC_OFFSET);
+	*code = 0xc3;
+	pass(t, 2, GUEST_EXEC);
+	ksft_print_msg("inplace [%s]: nx_huge_pages %s: huge: %lu after executing in the slot\n",
+		       mode_names[mode], nx, huge_2m(t));
+	if (nx_on)
+		TEST_ASSERT(huge_2m(t) < before,
+			    "Code ran from a huge page with NX huge pages on");
+	else
+		TEST_ASSERT_EQ(huge_2m(t), before);
+
+	/* Logging again on the recovered slot: no write may be missed. */
+	set_logging(t, 0, true);
+	pass(t, 3, GUEST_WRITE);
+	check_pass(t, 3, true);
+	TEST_ASSERT_EQ(huge_2m(t), 0);
+	free_test_vm(t);
+}
+
+/*
  * starve (deferred): slot 1 stops logging; slot 0 then stops and starts
  * logging again every third of collapse_delay_ms for four delays.  Slot 1
  * must be collapsed at its own due time, not postponed by slot 0's stops:
@@ -1303,31 +1502,6 @@ static void test_smm(void)
 }
 
 /*
- * Check the pass that wrote @iter to every page of the first test slot, from
- * the host: each page holds what the guest wrote, and, if logging was on,
- * each page is in the dirty log.
- */
-static void check_pass(struct test_vm *t, uint64_t iter, bool logging)
-{
-	uint64_t i, npages = t->slot_size[0] / PAGE_SIZE, missed = 0;
-	uint64_t *hva = addr_gpa2hva(t->vm, TEST_GPA);
-
-	if (logging)
-		kvm_vm_get_dirty_log(t->vm, slot_id(0), t->bitmap);
-	for (i = 0; i < npages; i++) {
-		uint64_t v = hva[i * PAGE_SIZE / sizeof(*hva)];
-
-		TEST_ASSERT(v == (iter << 32 | i),
-			    "Page %lu holds 0x%lx, the guest wrote 0x%lx",
-			    i, v, iter << 32 | i);
-		if (logging && !test_bit(i, t->bitmap))
-			missed++;
-	}
-	TEST_ASSERT(!missed, "%lu of %lu written pages missing from the dirty log",
-		    missed, npages);
-}
-
-/*
  * races: each iteration dirties the slot with logging on, checks the dirty
  * log and the memory, stops logging, then does something random while the
  * collapse is pending or running, sometimes with the vCPUs faulting memory
@@ -1484,6 +1658,7 @@ static const struct {
 	{ "abi", test_abi },
 	{ "worker", test_worker },
 	{ "restore", test_restore },
+	{ "inplace", test_inplace },
 	{ "stoptime", test_stoptime },
 	{ "starve", test_starve },
 	{ "resume", test_resume },
@@ -1497,13 +1672,15 @@ static void help(const char *name)
 	int i;
 
 	printf("usage: %s [-h] [-t subtest] [-b size] [-r size] [-s backing]\n"
-	       "          [-v vcpus] [-i iterations] [-n stops] [-S seed] [-B batch]\n",
+	       "          [-v vcpus] [-i iterations] [-n stops] [-S seed] [-B batch]\n"
+	       "          [-x]\n",
 	       name);
 	printf(" -t: run only this subtest (may be repeated):");
 	for (i = 0; i < ARRAY_SIZE(subtests); i++)
 		printf(" %s", subtests[i].name);
 	puts(". Default: all");
-	puts(" -b: size of the large slot of stoptime and restore (default 1G)");
+	puts(" -b: size of the large slot of stoptime, restore and inplace\n"
+	     "     (default 1G)");
 	puts(" -r: size of the slots of the other subtests (default 64M)");
 	backing_src_help("-s");
 	puts(" -v: vCPUs touching memory (default 2)");
@@ -1512,6 +1689,7 @@ static void help(const char *name)
 	       "     at most %d)\n", MAX_STOPS);
 	puts(" -S: random seed (default: time)");
 	puts(" -B: collapse_batch of the restore VM (default: kvm.collapse_batch)");
+	puts(" -x: inplace with kvm.nx_huge_pages=force (restored after)");
 }
 
 static int find_subtest(const char *name)
@@ -1527,11 +1705,11 @@ static int find_subtest(const char *name)
 int main(int argc, char *argv[])
 {
 	bool only[ARRAY_SIZE(subtests)] = {};
-	char saved[ARRAY_SIZE(params)][64], path[128];
+	char saved[ARRAY_SIZE(restored)][64], path[128];
 	int opt, i, j, n = 0;
 
 	seed = time(NULL);
-	while ((opt = getopt(argc, argv, "ht:b:r:s:v:i:n:S:B:")) != -1) {
+	while ((opt = getopt(argc, argv, "ht:b:r:s:v:i:n:S:B:x")) != -1) {
 		switch (opt) {
 		case 't':
 			i = find_subtest(optarg);
@@ -1567,6 +1745,9 @@ int main(int argc, char *argv[])
 		case 'B':
 			restore_batch = optarg;
 			break;
+		case 'x':
+			nx_force = true;
+			break;
 		case 'h':
 			help(argv[0]);
 			exit(KSFT_PASS);
@@ -1583,8 +1764,8 @@ int main(int argc, char *argv[])
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_X86_HUGE_PAGE_COLLAPSE));
 	TEST_REQUIRE(!access("/sys/kernel/debug/kvm", F_OK));
 
-	for (i = 0; i < ARRAY_SIZE(params); i++) {
-		snprintf(path, sizeof(path), PARAM_DIR "%s", params[i]);
+	for (i = 0; i < ARRAY_SIZE(restored); i++) {
+		snprintf(path, sizeof(path), PARAM_DIR "%s", restored[i]);
 		read_file(path, saved[i], sizeof(saved[i]));
 	}
 
@@ -1618,10 +1799,10 @@ int main(int argc, char *argv[])
 		TEST_ASSERT(waitpid(pid, &status, 0) == pid, "waitpid");
 
 		/* Put back what a subtest changed, however it ended. */
-		for (j = 0; j < ARRAY_SIZE(params); j++) {
+		for (j = 0; j < ARRAY_SIZE(restored); j++) {
 			char now[64];
 
-			snprintf(path, sizeof(path), PARAM_DIR "%s", params[j]);
+			snprintf(path, sizeof(path), PARAM_DIR "%s", restored[j]);
 			read_file(path, now, sizeof(now));
 			if (strcmp(now, saved[j]))
 				TEST_ASSERT(!write_file(path, saved[j]),
