@@ -70,6 +70,18 @@ mutant ioctl-arg x86.c 'ondemand' lazy_collapse.list '' \
 mutant rmap-sptes mmu/mmu.c 'deferred' lazy_collapse_shadow.list 'kvm.tdp_mmu=N' \
 	'lazy_collapse_(restore_thp|resume)' \
 	'/^static bool kvm_mmu_zap_collapsible_spte/,/^}/s/^\t\tif (region != \*last_region) {$/\t\tif (1) {/'
+# The TDP MMU zaps instead of recovering huge pages in place.
+mutant zap mmu/tdp_mmu.c 'sync deferred' lazy_collapse.list '' \
+	'lazy_collapse_inplace_(thp|hugetlb_1g)' \
+	's/^\t\tnew_spte = r ? SHADOW_NONPRESENT_VALUE : huge_spte;$/\t\tnew_spte = SHADOW_NONPRESENT_VALUE;/'
+# One remote TLB flush per region recovered, not one per walk.
+mutant flush-each mmu/tdp_mmu.c 'sync deferred' lazy_collapse.list '' \
+	'lazy_collapse_inplace_thp' \
+	's/^\t\tregions++;$/\t\tregions++; kvm_flush_remote_tlbs_gfn(kvm, iter.gfn, iter.level);/'
+# A huge page recovered in place is executable with NX huge pages on.
+mutant exec-huge mmu/spte.c 'sync' lazy_collapse.list '' \
+	'lazy_collapse_inplace_nx' \
+	's/^\tif (is_nx_huge_page_enabled(kvm))$/\tif (0)/'
 
 usage() {
 	cat <<USAGE
