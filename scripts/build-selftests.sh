@@ -7,8 +7,10 @@ usage() {
 	cat <<USAGE
 Usage: ${0##*/} [--help]
 
-Sync this repository's selftests into linux/ (scripts/sync-selftests.sh),
-install the UAPI headers of linux/ into build/headers/ and build
+Check that linux/ holds this repository's selftests (scripts/sync-selftests.sh
+--check; ./run sync puts them there, amending the selftest patch: a build
+never rewrites linux/'s history), install the UAPI headers of linux/ into
+build/headers/ and build
 tools/testing/selftests/kvm into build/kselftest/kvm/ with the kernel's own
 kselftest Makefile. Environment: JOBS (default: nproc).
 USAGE
@@ -21,7 +23,8 @@ case "${1:-}" in
 esac
 
 [ -d "$LINUX" ] || die "no linux/: run scripts/prepare.sh"
-"$TOP/scripts/sync-selftests.sh"
+"$TOP/scripts/sync-selftests.sh" --check >&2 ||
+	die "linux/ does not hold the selftests of $(basename "$TOP")/tools/testing/selftests/kvm: run ./run sync"
 
 hdr="$BUILD/headers"
 mkdir -p "$hdr"

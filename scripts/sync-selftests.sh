@@ -9,7 +9,7 @@ KSFT=tools/testing/selftests/kvm
 
 usage() {
 	cat <<USAGE
-Usage: ${0##*/} [--help]
+Usage: ${0##*/} [--check] [--help]
 
 The selftests live in this repository at $KSFT/ (one source of
 truth). Copy them into linux/$KSFT/, register every
@@ -19,11 +19,15 @@ record the result in linux/ as the commit
   "$SUBJECT"
 (created at the end of the series the first time, amended or fixed up and
 autosquashed in place afterwards). Does nothing when linux/ already agrees.
+  --check   change nothing; exit 1, naming what differs, if linux/ does not
+            agree.
 USAGE
 }
 
+check=0
 case "${1:-}" in
 -h | --help) usage; exit 0 ;;
+--check) check=1 ;;
 "") ;;
 *) usage >&2; exit 2 ;;
 esac
@@ -34,6 +38,18 @@ esac
 cd "$TOP/$KSFT"
 files=$(find . -type f ! -name '.*' | sed 's|^\./||' | sort)
 [ -n "$files" ] || exit 0
+if [ "$check" = 1 ]; then
+	differ=0
+	for f in $files; do
+		cmp -s "$f" "$LINUX/$KSFT/$f" || { echo "differs: $KSFT/$f"; differ=1; }
+		case "$f" in x86_64/*.c) ;; *) continue ;; esac
+		grep -q "^TEST_GEN_PROGS_x86_64 += ${f%.c}\$" "$LINUX/$KSFT/Makefile" ||
+			{ echo "not in $KSFT/Makefile: ${f%.c}"; differ=1; }
+	done
+	[ -z "$(git -C "$LINUX" status --porcelain --untracked-files=no -- "$KSFT")" ] ||
+		{ echo "uncommitted in linux/: $KSFT"; differ=1; }
+	exit "$differ"
+fi
 for f in $files; do
 	mkdir -p "$LINUX/$KSFT/$(dirname "$f")"
 	cmp -s "$f" "$LINUX/$KSFT/$f" || cp "$f" "$LINUX/$KSFT/$f"

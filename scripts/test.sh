@@ -3,44 +3,50 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-ALL_STAGES="series tdp debug1g debug vmm shadow npt0"
-# Stages whose VM runs its vCPUs in one TCG thread (see boot_stage).
-ONE_THREAD="debug1g debug vmm shadow npt0"
+# The stages, in their default order; each is defined here and only here:
+# NAME|CONFIG|THREADS|DEFAULT|BOOT ARGUMENTS|TEST LISTS|DESCRIPTION.
+# THREADS "one": under TCG the VM runs all its vCPUs in one host thread;
+# such stages next to each other are built first, then booted two at a
+# time. DEFAULT "no": run only when asked for (--stage). series (CONFIG -)
+# boots nothing.
+STAGES=(
+	'series|-|multi|yes|||checkpatch, patches/ == linux/, every patch builds (check-series.sh)'
+	'tdp|test|multi|yes|hugepagesz=1G hugepages=2|upstream.list lazy_collapse.list|TDP MMU: upstream dirty-log and memslot tests, and ours, in every mode'
+	'debug1g|debug|one|yes|hugepagesz=1G hugepages=2|lazy_collapse_debug_1g.list|KASAN, lockdep, ... (boot.sh adds no5lvl): our 1 GiB tests, in every mode'
+	'debug|debug|one|yes||lazy_collapse_debug.list debug-upstream.list|our tests in every mode, upstream dirty-log and memslot tests'
+	'vmm|test|one|yes||vmm.list upstream-1t.list|a real VMM: Debian QEMU (the host root over 9p) migrates a guest, the migration fails, is cancelled, retried or resumed, over QMP and through libvirt (scripts/vmm/scenario.py), every mode; and the upstream tests that need one TCG thread'
+	'shadow|test|one|yes|kvm.tdp_mmu=N|lazy_collapse_shadow.list|shadow MMU (rmap walk): our tests in every mode'
+	'npt0|test|one|yes|kvm_amd.npt=0 kvm_intel.ept=0|lazy_collapse_shadow.list|shadow paging (the shadow MMU shadows the guest page tables): our tests in every mode'
+	'modules|modules|multi|no|lazy_modules=@MODULES@|modules.list|KVM built as modules (configs/modules.config, a third cold kernel build), loaded over 9p (scripts/vm/kvm-modules.sh): in every mode'
+)
+declare -A S_CONFIG S_THREADS S_APPEND S_LISTS S_WHAT
+ALL_STAGES="" KNOWN_STAGES=""
+for row in "${STAGES[@]}"; do
+	IFS='|' read -r name cfg threads dflt append lists what <<<"$row"
+	S_CONFIG[$name]=$cfg S_THREADS[$name]=$threads S_APPEND[$name]=$append
+	S_LISTS[$name]=$lists S_WHAT[$name]=$what
+	KNOWN_STAGES+="${KNOWN_STAGES:+ }$name"
+	[ "$dflt" = no ] || ALL_STAGES+="${ALL_STAGES:+ }$name"
+done
 
 usage() {
 	cat <<USAGE
 Usage: ${0##*/} [--stage NAME]... [--modes "MODES"] [--filter REGEX] [--help]
 
 Install missing dependencies, prepare linux/ (scripts/prepare.sh), then run
-the stages (default: all of: $ALL_STAGES):
-  series  checkpatch, patches/ == linux/, every patch builds (check-series.sh)
-  tdp     test kernel, TDP MMU, two 1 GiB hugetlb pages reserved at boot:
-          tests/upstream.list and tests/lazy_collapse.list in every
-          collapse mode
-  debug1g debug kernel (KASAN, lockdep, ...; boot.sh adds no5lvl), two
-          1 GiB hugetlb pages reserved at boot: the 1 GiB tests,
-          tests/lazy_collapse_debug_1g.list, in every mode
-  debug   debug kernel: tests/lazy_collapse_debug.list in every mode,
-          tests/debug-upstream.list
-  vmm     test kernel, a real VMM: Debian's QEMU (from the host's root,
-          shared over 9p) migrates a guest and the migration fails or is
-          cancelled, driven over QMP and then through libvirt
-          (tests/vmm.list, scripts/vmm/scenario.py), every mode; and the
-          upstream tests that need one TCG thread (tests/upstream-1t.list)
-  shadow  test kernel booted with kvm.tdp_mmu=N (shadow MMU, rmap walk):
-          tests/lazy_collapse_shadow.list in every collapse mode
-  npt0    test kernel booted with kvm_amd.npt=0 kvm_intel.ept=0 (shadow
-          paging: the shadow MMU shadows the guest's own page tables):
-          tests/lazy_collapse_shadow.list in every collapse mode
-Under TCG the VMs of the stages $ONE_THREAD run all their vCPUs in one
-host thread (QEMU 7.2's multi-threaded TCG corrupts nested guests now and
-then). Such stages next to each other in the order above are built
-first, then booted two at a time, in that order (the default order
-starts the two longest, debug1g and debug, first).
-Not run unless asked for (a third cold kernel build):
-  modules KVM built as modules (configs/modules.config), loaded from the
-          build directory over 9p (scripts/vm/kvm-modules.sh):
-          tests/modules.list in every mode
+the stages (default: $ALL_STAGES;
+the others only with --stage):
+$(for n in $KNOWN_STAGES; do
+	printf '  %-8s' "$n"
+	{ [ "${S_CONFIG[$n]}" = - ] || printf '[%s kernel%s%s%s] ' "${S_CONFIG[$n]}" \
+		"${S_APPEND[$n]:+, booted with ${S_APPEND[$n]}}" \
+		"${S_LISTS[$n]:+; tests/: ${S_LISTS[$n]}}" \
+		"$([ "${S_THREADS[$n]}" = multi ] || echo "; one TCG thread")"
+	  echo "${S_WHAT[$n]}"; } | fold -s -w 68 | sed 's/ *$//; 2,$s/^/          /'
+done)
+Under TCG, stages with one TCG thread (QEMU 7.2's multi-threaded TCG
+corrupts nested guests now and then) that are next to each other in this
+order are built first, then booted two at a time, in that order.
 Every test is a KTAP result; each boot adds one more: the VM exited by
 itself with no kernel splat in its console log. With CI=true a SKIP of one
 of our tests (lazy_collapse_*) counts as a failure.
@@ -64,6 +70,15 @@ while [ $# -gt 0 ]; do
 	shift
 done
 [ "${#stages[@]}" -gt 0 ] || read -r -a stages <<<"$ALL_STAGES"
+# Bad arguments fail now, before anything is installed or built.
+for s in "${stages[@]}"; do
+	[[ " $KNOWN_STAGES " == *" $s "* ]] ||
+		die "--stage $s: no such stage (stages: $KNOWN_STAGES)"
+done
+for m in $modes; do
+	case "$m" in sync | deferred | ondemand) ;; *) die "--modes: no mode '$m'" ;; esac
+done
+[ -n "${modes// /}" ] || die "--modes: no mode given"
 
 res="$OUT/test-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$res"
@@ -232,30 +247,14 @@ else
 	exit 1
 fi
 
-one_thread() { [[ " $ONE_THREAD " == *" $1 "* ]]; }
+one_thread() { [ "${S_THREADS[$1]}" = one ]; }
 
-config_of() { # stage
-	case "$1" in
-	modules | debug) echo "$1" ;;
-	debug1g) echo debug ;;
-	*) echo test ;;
-	esac
-}
+config_of() { echo "${S_CONFIG[$1]}"; }
 
 boot_named() { # stage
-	case "$1" in
-	tdp) boot_stage tdp test "hugepagesz=1G hugepages=2" \
-		upstream.list lazy_collapse.list ;;
-	shadow) boot_stage shadow test "kvm.tdp_mmu=N" lazy_collapse_shadow.list ;;
-	npt0) boot_stage npt0 test "kvm_amd.npt=0 kvm_intel.ept=0" \
-		lazy_collapse_shadow.list ;;
-	vmm) boot_stage vmm test "" vmm.list upstream-1t.list ;;
-	modules) boot_stage modules modules \
-		"lazy_modules=$BUILD/modules/modinst" modules.list ;;
-	debug1g) boot_stage debug1g debug "hugepagesz=1G hugepages=2" \
-		lazy_collapse_debug_1g.list ;;
-	debug) boot_stage debug debug "" lazy_collapse_debug.list debug-upstream.list ;;
-	esac
+	local append=${S_APPEND[$1]//@MODULES@/$BUILD/modules/modinst} lists
+	read -r -a lists <<<"${S_LISTS[$1]}"
+	boot_stage "$1" "${S_CONFIG[$1]}" "$append" "${lists[@]}"
 }
 
 # One stage's boot with results of its own (record and collect see these).
@@ -310,7 +309,7 @@ for s in "${stages[@]}"; do
 		collect "$res/series.log" "series: "
 		stage_time series "$t0"
 		;;
-	tdp | shadow | npt0 | vmm | modules | debug1g | debug)
+	*)
 		one_thread "$s" || run_queue
 		build_all "$(config_of "$s")" "$s" || continue
 		if one_thread "$s"; then
@@ -319,7 +318,6 @@ for s in "${stages[@]}"; do
 			boot_named "$s"
 		fi
 		;;
-	*) die "unknown stage $s" ;;
 	esac
 done
 run_queue
