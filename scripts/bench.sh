@@ -9,13 +9,17 @@ usage() {
 Usage: ${0##*/} [options]
 
 Build the patched kernel and, unless --no-upstream, the unmodified one (the
-'$BASE_TAG' commit of linux/, in build/upstream/); boot each in QEMU and run
+'$BASE_TAG' commit of linux/, in build/upstream/) and, unless --no-zap, the
+series that zaps instead of recovering huge pages in place (linux/ with its
+two commits reverted, in build/zap/); boot each in QEMU and run
 tools/testing/selftests/kvm/x86_64/lazy_collapse_perf_test for every size
-and backing: on the patched kernel in sync, deferred and ondemand mode, on
-the unmodified one once ("upstream"). Write under DIR:
+and backing: on the patched kernels in sync, deferred and ondemand mode
+(the zapping ones as zap-sync, ...), on the unmodified one once
+("upstream"). Write under DIR:
   results.md        the table, the goals and a 4 TiB extrapolation
   results.txt       the raw "result" lines; curve-*.dat the pages_2m curves
   stoptime-BACKING.png   stop time (all slots) against size, log-log
+  pergib-BACKING.png     collapse time, TLB flushes and page faults per GiB
   recovery-BACKING-SIZE.png  pages_2m over time from the stop, per mode
 and print results.md.
 
@@ -26,6 +30,7 @@ and print results.md.
   --delay MS         collapse_delay_ms of the deferred runs (default: 1000)
   --mem SIZE         memory of the QEMU VM (default: 8G)
   --no-upstream      skip the unmodified kernel
+  --no-zap           skip the zapping series
   --qemu             also run the QEMU scenario (scripts/vmm/scenario.py: a
                      live migration of Debian's QEMU that fails, one that
                      is cancelled, one cancelled and retried at once, one
@@ -40,7 +45,7 @@ USAGE
 
 SIZES_DEFAULT="2M 256M 1G 4G"
 sizes=$SIZES_DEFAULT backings="thp hugetlb" vcpus=2 slots=1 delay=1000
-mem=8G upstream=1 dir="" qemu=0
+mem=8G upstream=1 zap=1 dir="" qemu=0
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--sizes) sizes=${2:?}; shift ;;
@@ -50,6 +55,7 @@ while [ $# -gt 0 ]; do
 	--delay) delay=${2:?}; shift ;;
 	--mem) mem=${2:?}; shift ;;
 	--no-upstream) upstream=0 ;;
+	--no-zap) zap=0 ;;
 	--qemu) qemu=1 ;;
 	--out) dir=${2:?}; shift ;;
 	-h | --help) usage; exit 0 ;;
@@ -80,6 +86,7 @@ ln -sfn "$dir" "$OUT/bench-latest"
 
 # The unmodified kernel (lib.sh).
 [ "$upstream" = 0 ] || build_upstream >/dev/null
+[ "$zap" = 0 ] || build_zap >/dev/null
 
 # The command run in the VM: every backing, size and mode.
 vm_cmd() { # modes
@@ -125,10 +132,21 @@ run_kernel() { # name modes [boot.sh options]
 }
 
 run_kernel patched "sync deferred ondemand"
+[ "$zap" = 0 ] ||
+	run_kernel zap "sync deferred ondemand" --kernel "$BUILD/zap/test/arch/x86/boot/bzImage"
 [ "$upstream" = 0 ] ||
 	run_kernel upstream upstream --kernel "$BUILD/upstream/test/arch/x86/boot/bzImage"
 
-cat "$dir"/*/output.log | grep -hE '^(qemu-)?result ' >"$dir/results.txt" || true
-cat "$dir"/*/output.log | grep -h '^curve ' >"$dir/curves.txt" || true
+# The zapping series' runs are told apart by their mode: zap-sync, ...
+for k in patched zap upstream; do
+	[ -f "$dir/$k/output.log" ] || continue
+	if [ "$k" = zap ]; then
+		sed -E 's/^((qemu-)?result|curve) mode=/\1 mode=zap-/' "$dir/$k/output.log"
+	else
+		cat "$dir/$k/output.log"
+	fi
+done >"$dir/all-output.log"
+grep -hE '^(qemu-)?result ' "$dir/all-output.log" >"$dir/results.txt" || true
+grep -h '^curve ' "$dir/all-output.log" >"$dir/curves.txt" || true
 python3 "$TOP/scripts/bench-report.py" "$dir" "$delay"
 cat "$dir/results.md"

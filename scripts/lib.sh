@@ -48,3 +48,31 @@ build_upstream() {
 	LINUX="$src" BUILD="$BUILD/upstream" \
 		"$TOP/scripts/build-kernel.sh" --config test
 }
+
+# The series with zapping instead of recovery in place: HEAD of linux/ with
+# the two commits named below reverted (the huge page collapse as it was
+# before them), checked out in build/zap/src and built with the test config
+# into build/zap/test. Prints the bzImage path.
+ZAP_REVERTS=(
+	"KVM: x86/mmu: Recover TDP MMU huge page mappings in place"
+	"KVM: x86/mmu: Batch TLB flushes when zapping collapsible SPTEs"
+)
+build_zap() {
+	local src="$BUILD/zap/src" head subject c
+	head=$(git -C "$LINUX" rev-parse HEAD)
+	if [ "$(cat "$BUILD/zap/head" 2>/dev/null)" != "$head" ]; then
+		rm -rf "$src" "$BUILD/zap/head"
+		git -C "$LINUX" worktree prune
+		git -C "$LINUX" worktree add -q --detach "$src" "$head"
+		for subject in "${ZAP_REVERTS[@]}"; do
+			c=$(git -C "$LINUX" log --format=%H -F --grep="$subject" \
+				"$BASE_TAG..$head" | head -n 1)
+			[ -n "$c" ] || die "build_zap: no commit '$subject' in linux/"
+			git -C "$src" -c user.name=bench -c user.email=bench@localhost \
+				revert --no-edit "$c" >/dev/null
+		done
+		echo "$head" >"$BUILD/zap/head"
+	fi
+	LINUX="$src" BUILD="$BUILD/zap" \
+		"$TOP/scripts/build-kernel.sh" --config test
+}
