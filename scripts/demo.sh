@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
 	cat <<USAGE
-Usage: ${0##*/} [--size SIZE] [--upstream] [--help]
+Usage: ${0##*/} [--size SIZE] [--upstream] [--zap] [--help]
 
 The benchmark (scripts/bench.sh) on a size that finishes in a few minutes:
 install missing dependencies, prepare linux/, build the patched kernel and
@@ -16,15 +16,18 @@ a failed migration does. Print the stop time, how soon the huge pages were
 back, what the guest paid meanwhile, and where the plots are.
   --upstream   also build and run the unmodified kernel (a cold kernel
                build more: about 15 minutes on 2 cores)
+  --zap        also build and run the series without in-place recovery
+               (zapping, one TLB flush per region; a cold build too)
 Results go to out/demo/.
 USAGE
 }
 
-size=1G upstream=--no-upstream
+size=1G upstream=--no-upstream zap=--no-zap
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--size) size=${2:?}; shift ;;
 	--upstream) upstream="" ;;
+	--zap) zap="" ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
 	esac
@@ -32,8 +35,8 @@ while [ $# -gt 0 ]; do
 done
 
 rm -rf "$OUT/demo"
-# shellcheck disable=SC2086 # $upstream is one option or none
-"$TOP/scripts/bench.sh" --sizes "2M 256M $size" --backings thp $upstream \
+# shellcheck disable=SC2086 # $upstream and $zap are one option or none
+"$TOP/scripts/bench.sh" --sizes "2M 256M $size" --backings thp $upstream $zap \
 	--out "$OUT/demo" >"$OUT/demo.log" 2>&1 || {
 	tail -n 40 "$OUT/demo.log"
 	die "demo failed, logs in $OUT/demo.log and $OUT/demo/"
