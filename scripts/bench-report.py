@@ -135,6 +135,10 @@ def main():
     md = []
     w = md.append
     w("# Stopping dirty logging: stop time and huge page recovery\n")
+    meta = os.path.join(out, "meta.txt")
+    if os.path.exists(meta):
+        with open(meta) as f:
+            w(f.read())
     r0 = res[0]
     w(f"{int(r0['vcpus'])} vCPUs writing every 4 KiB page without pause, "
       f"memory in {int(r0['slots'])} slot(s); dirty logging on, the dirty "
@@ -205,12 +209,14 @@ def main():
                       f"ms vs zap {collapse_ms(z) * 1024 / s:.0f} ms: "
                       f"{ratio:.2f}x (goal <= 0.5x): "
                       f"{'met' if ratio <= 0.5 else 'MISSED'}")
-                if m != "sync" and s >= 256 and "flushes" in r:
-                    # The default collapse_batch, 64 regions per hold.
-                    holds = -(-regions // 64)
-                    w(f"  - at most one flush per batch ({holds} batches, "
-                      "and 2 for the vCPUs' own): "
-                      f"{'met' if r['flushes'] <= holds + 2 else 'MISSED'}")
+                if s >= 256 and "flushes" in r and "holds" in r:
+                    # A hold is a batch, or less where it stopped early
+                    # for a waiter; the vCPUs may flush a few times too.
+                    ok = r["flushes"] <= r["holds"] + 2
+                    w(f"  - at most one flush per hold of mmu_lock: "
+                      f"{int(r['flushes'])} flushes, {int(r['holds'])} holds "
+                      f"(the default batch: at least {-(-regions // 64)}): "
+                      f"{'met' if ok else 'MISSED'}")
 
     # Goals (issue "Benchmark and demonstration").
     w("\n## Goals: stop time\n")

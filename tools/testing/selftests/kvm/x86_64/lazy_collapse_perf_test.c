@@ -18,8 +18,9 @@
  *    mode, collapse_now in ondemand mode) until the huge pages were back,
  *    and in the lazy modes from the stop until the collapse started (on
  *    split mappings), against the same run's steady state before logging;
- *  - the longest single mmu_lock hold and how long the collapse held it in
- *    all (collapse_max_hold_ns, collapse_time_ns);
+ *  - the longest single mmu_lock hold, how long the collapse held it in
+ *    all and how many times it took it (collapse_max_hold_ns,
+ *    collapse_time_ns, collapse_holds);
  *  - pages_2m over time from the stop, sampled every 10 ms ("curve").
  *
  * It asserts nothing about timing: it is a benchmark (see
@@ -408,10 +409,10 @@ static void run(void)
 	       collapse_start > t1 ? (w_collapse - w1) * 1000000000UL /
 	       (collapse_start - t1) : 0,
 	       collapse_start > t1 ? (collapse_start - t1) / 1e6 : 0);
-	printf(" max_hold_us=%.1f worker_ms=%.1f regions=%lu\n",
+	printf(" max_hold_us=%.1f worker_ms=%.1f regions=%lu holds=%lu\n",
 	       vm_stat(&b, "collapse_max_hold_ns") / 1e3,
 	       vm_stat(&b, "collapse_time_ns") / 1e6,
-	       vm_stat(&b, "collapse_regions"));
+	       vm_stat(&b, "collapse_regions"), vm_stat(&b, "collapse_holds"));
 
 	for (i = 0; i < nr_vcpus; i++)
 		close(b.stats_fds[i]);

@@ -1077,7 +1077,8 @@ static void check_pass(struct test_vm *t, uint64_t iter, bool logging)
  * written, then logging stops and the collapse runs as the mode says, with
  * the vCPUs idle.  The TDP MMU must have mapped every huge page again
  * (pages_2m, pages_1g as before logging) with at most one remote TLB flush
- * per collapse_batch regions (zapping flushed once per region); the
+ * per hold of mmu_lock (collapse_holds; zapping flushed once per region),
+ * and in the lazy modes at most collapse_batch regions per hold; the
  * guest's check of its memory must then take almost no page fault (zapping
  * takes one per region or more).  The shadow MMU zaps: nothing is mapped
  * huge until the guest's check faults the huge pages back.  Then logging
@@ -1094,7 +1095,7 @@ static void test_inplace(void)
 	struct test_vm *t = create_test_vm(test_size);
 	bool in_place = kvm_is_tdp_enabled() && get_kvm_param_bool("tdp_mmu");
 	int mode = vm_mode(t->vm);
-	uint64_t before, gb_before, regions, flushes, faults, max_flushes;
+	uint64_t before, gb_before, regions, flushes, holds, faults;
 	uint8_t *code;
 	unsigned int batch;
 	char nx[16];
@@ -1121,36 +1122,36 @@ static void test_inplace(void)
 
 	split_all(t, 2);
 	flushes = stat_of(t, "remote_tlb_flush_requests");
+	holds = stat_of(t, "collapse_holds");
 	set_logging(t, 0, false);
 	if (mode == KVM_X86_COLLAPSE_ONDEMAND)
 		TEST_ASSERT_EQ(collapse_now(t->vm, 0), 0);
 	TEST_ASSERT(wait_no_pending(t, 300), "Collapse still pending after 300 s");
 	flushes = stat_of(t, "remote_tlb_flush_requests") - flushes;
+	holds = stat_of(t, "collapse_holds") - holds;
 	regions = stat_of(t, "collapse_regions");
 	TEST_ASSERT_EQ(regions, gb_before ? gb_before : before);
 
-	ksft_print_msg("inplace [%s]: %s MMU, %lu regions, %lu remote TLB flushes, batch %u\n",
+	ksft_print_msg("inplace [%s]: %s MMU, %lu regions, %lu holds, %lu remote TLB flushes, batch %u\n",
 		       mode_names[mode], in_place ? "TDP" : "shadow", regions,
-		       flushes, batch);
+		       holds, flushes, batch);
 	ksft_print_msg("inplace [%s]: huge: %lu before logging, 0 logging, %lu after\n",
 		       mode_names[mode], before, huge_2m(t));
 	if (in_place) {
 		TEST_ASSERT_EQ(huge_2m(t), before);
 		TEST_ASSERT_EQ(stat_of(t, "pages_1g"), gb_before);
-		/*
-		 * One flush per hold of mmu_lock: one per batch, and a few more
-		 * where a hold stopped early (a reschedule due).  Sync mode has
-		 * no batch: a quarter of the regions leaves that room and fails
-		 * a flush per region.
-		 */
-		max_flushes = mode == KVM_X86_COLLAPSE_SYNC ?
-			      regions / 4 : DIV_ROUND_UP(regions, batch) + 4;
-		TEST_ASSERT(flushes <= max_t(uint64_t, max_flushes, 1),
-			    "%lu remote TLB flushes to collapse %lu regions",
-			    flushes, regions);
+		/* The vCPUs are idle: every flush is the collapse's. */
+		TEST_ASSERT(flushes <= holds,
+			    "%lu remote TLB flushes in %lu holds for %lu regions",
+			    flushes, holds, regions);
 	} else {
 		TEST_ASSERT_EQ(huge_2m(t), 0);
 	}
+	TEST_ASSERT(holds >= 1, "No hold of mmu_lock counted");
+	if (mode != KVM_X86_COLLAPSE_SYNC)
+		TEST_ASSERT(holds >= DIV_ROUND_UP(regions, batch),
+			    "%lu regions in %lu holds, batch %u", regions, holds,
+			    batch);
 
 	faults = vcpu_faults(t);
 	pass(t, 2, GUEST_CHECK);
