@@ -1132,7 +1132,7 @@ static void test_inplace(void)
 	regions = stat_of(t, "collapse_regions");
 	TEST_ASSERT_EQ(regions, gb_before ? gb_before : before);
 
-	ksft_print_msg("inplace [%s]: %s MMU, %lu regions, %lu holds, %lu remote TLB flushes, batch %u\n",
+	ksft_print_msg("inplace [%s]: %s MMU, %lu regions, %lu holds, %lu TLB flushes, batch %u\n",
 		       mode_names[mode], in_place ? "TDP" : "shadow", regions,
 		       holds, flushes, batch);
 	ksft_print_msg("inplace [%s]: huge: %lu before logging, 0 logging, %lu after\n",
