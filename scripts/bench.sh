@@ -148,5 +148,15 @@ for k in patched zap upstream; do
 done >"$dir/all-output.log"
 grep -hE '^(qemu-)?result ' "$dir/all-output.log" >"$dir/results.txt" || true
 grep -h '^curve ' "$dir/all-output.log" >"$dir/curves.txt" || true
+# What was measured, on what: for results.md's header.
+{
+	c=$(git -C "$TOP" rev-parse --short HEAD)
+	git -C "$TOP" diff --quiet HEAD -- patches tools scripts || c+=" with uncommitted changes"
+	echo "- commit: $c; linux/ at $(git -C "$LINUX" log -1 --format='%h (%s)')"
+	echo "- kernel source: $(source_version) (Debian linux-source-6.12)"
+	echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(free -g | awk '/^Mem:/ { print $2 }') GiB"
+	echo "- test VM: $(grep -m1 -o -- '-accel [^)]*' "$dir/patched.log" || echo unknown), $((vcpus + 1)) vCPUs, $mem"
+	echo "- date: $(date -u +%Y-%m-%d)"
+} >"$dir/meta.txt"
 python3 "$TOP/scripts/bench-report.py" "$dir" "$delay"
 cat "$dir/results.md"
