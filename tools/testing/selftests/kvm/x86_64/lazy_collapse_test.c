@@ -529,6 +529,28 @@ static void split_all(struct test_vm *t, uint64_t iter)
 }
 
 /*
+ * The first pass: the guest writes all of the test slots, which are then
+ * mapped huge as their backing allows.  Returns the 2MiB units mapped huge
+ * (huge_2m()) and the 1GiB mappings, asserting that there are some, all of
+ * them with hugetlb backing.
+ */
+static void map_huge(struct test_vm *t, uint64_t *before, uint64_t *gb_before)
+{
+	pass(t, 1, GUEST_WRITE);
+	*before = huge_2m(t);
+	*gb_before = stat_of(t, "pages_1g");
+	/* Without huge pages to start with, nothing here would be tested. */
+	TEST_ASSERT(*before > 0, "No 2MiB region of %lu MiB mapped huge",
+		    test_size >> 20);
+	if (backing == VM_MEM_SRC_ANONYMOUS_HUGETLB_1GB)
+		TEST_ASSERT(*gb_before == test_size >> 30,
+			    "%lu 1GiB mappings of %lu MiB of 1GiB pages",
+			    *gb_before, test_size >> 20);
+	else if (backing != VM_MEM_SRC_ANONYMOUS_THP)
+		TEST_ASSERT_EQ(*before, test_size >> 21);
+}
+
+/*
  * knobs: module parameters and debugfs files reject bad input with the
  * documented errno and keep their value; new VMs take the parameters, a VM
  * keeps its values when the parameters change.  main() restores the
@@ -957,18 +979,7 @@ static void test_restore(void)
 	if (restore_batch)
 		vm_set(t->vm, "collapse_batch", restore_batch);
 	batch = vm_knob(t->vm, "collapse_batch");
-	pass(t, 1, GUEST_WRITE);
-	before = huge_2m(t);
-	gb_before = stat_of(t, "pages_1g");
-	/* Without huge pages to start with, nothing here would be tested. */
-	TEST_ASSERT(before > 0, "No 2MiB region of %lu MiB mapped huge",
-		    test_size >> 20);
-	if (backing == VM_MEM_SRC_ANONYMOUS_HUGETLB_1GB)
-		TEST_ASSERT(gb_before == test_size >> 30,
-			    "%lu 1GiB mappings of %lu MiB of 1GiB pages",
-			    gb_before, test_size >> 20);
-	else if (backing != VM_MEM_SRC_ANONYMOUS_THP)
-		TEST_ASSERT_EQ(before, test_size >> 21);
+	map_huge(t, &before, &gb_before);
 
 	split_all(t, 2);
 	t_stop = now_ns();
@@ -1114,11 +1125,7 @@ static void test_inplace(void)
 
 	set_collapse(t->vm, KVM_X86_COLLAPSE_SET_DELAY, 0, 100, 0);
 	batch = vm_knob(t->vm, "collapse_batch");
-	pass(t, 1, GUEST_WRITE);
-	before = huge_2m(t);
-	gb_before = stat_of(t, "pages_1g");
-	TEST_ASSERT(before > 0, "No 2MiB region of %lu MiB mapped huge",
-		    test_size >> 20);
+	map_huge(t, &before, &gb_before);
 
 	split_all(t, 2);
 	flushes = stat_of(t, "remote_tlb_flush_requests");
