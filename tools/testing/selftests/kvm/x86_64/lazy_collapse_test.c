@@ -383,13 +383,11 @@ static uint64_t vcpu_stat(struct kvm_vcpu *vcpu, const char *name)
 	struct kvm_stats_header header;
 	int fd = vcpu_get_stats_fd(vcpu), i;
 	uint64_t v = NO_STAT;
-	size_t size;
 
 	read_stats_header(fd, &header);
 	descs = read_stats_descriptors(fd, &header);
-	size = get_stats_descriptor_size(&header);
 	for (i = 0; i < header.num_desc; i++) {
-		desc = (void *)descs + i * size;
+		desc = get_stats_descriptor(descs, i, &header);
 		if (!strcmp(desc->name, name)) {
 			read_stat_data(fd, &header, desc, &v, 1);
 			break;
