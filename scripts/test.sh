@@ -97,9 +97,36 @@ record() {
 	esac >>"$results"
 }
 
+# Why each test of a log failed, a line each: NAME<TAB>WHY, WHY being the
+# first assertion (file:line: expression, and its message) or FAIL: line of
+# the test's output, else its last line. Summary lines must stay short.
+why_failed() { # log
+	tr -d '\r' <"$1" | awk '
+	function strip(s) { sub(/^[#[:space:]]+/, "", s); return s }
+	/^(not )?ok [0-9]+ / {
+		if ($1 == "not") {
+			name = $0; sub(/^not ok [0-9]+ /, "", name)
+			sub(/ # .*$/, "", name)
+			print name "\t" (why != "" ? why : strip(last))
+		}
+		why = ""; after = 0; next
+	}
+	after && /pid=[0-9]+ tid=|\(stack trace|^[#[:space:]]*0x[0-9a-f]+: / { next }
+	after { why = why " | " strip($0); after = 0; next }
+	why == "" && /[A-Za-z0-9_.\/-]+\.c:[0-9]+: / && !/ at [^ ]+:[0-9]+/ {
+		why = strip($0); after = 1; next
+	}
+	why == "" && /FAIL: / { why = strip($0) }
+	NF { last = $0 }'
+}
+
 # Fold the top-level KTAP results of a log into the results.
 collect() { # log prefix
-	local line name plan=0 seen=0
+	local line name plan=0 seen=0 n w
+	local -A why=()
+	while IFS=$'\t' read -r n w; do
+		why[$n]=${w:0:300}
+	done < <(why_failed "$1")
 	while IFS= read -r line; do
 		case "$line" in
 		1..*) plan=$((plan + ${line#1..})); continue ;;
@@ -111,7 +138,10 @@ collect() { # log prefix
 				record skip "$2$name"
 			fi ;;
 		"ok "*) name=${line#ok * }; record ok "$2$name" ;;
-		"not ok "*) name=${line#not ok * }; record fail "$2$name" ;;
+		"not ok "*)
+			name=${line#not ok * }; record fail "$2$name"
+			[ -z "${why[$name]:-}" ] ||
+				echo "# why: ${why[$name]}" >>"$results" ;;
 		esac
 		seen=$((seen + 1))
 	done < <(tr -d '\r' <"$1" | grep -E '^((not )?ok [0-9]+ |1\.\.[0-9]+$)' || true)
@@ -131,7 +161,7 @@ collect() { # log prefix
 		}
 		n = 0; next
 	}
-	{ buf[n % 12] = $0; n++ }' "$out" >>"$res/failures.txt"
+	{ buf[n % 12] = $0; n++ }' "$out" >>"$failures"
 }
 
 # What a VM that hung, crashed or splatted left, in a few lines for the
@@ -232,7 +262,7 @@ summary() {
 	failn=$(grep -c '^not ok ' "$results" || true)
 	[ ! -s "$failures" ] || cat "$failures"
 	echo "# results: $results; total time $(( $(date +%s) - start )) s"
-	grep '^not ok' "$results" || true
+	grep -E '^(not ok|# why: )' "$results" || true
 	echo "$pass passed, $failn failed, $skip skipped"
 	[ "$failn" = 0 ]
 }
