@@ -82,6 +82,10 @@ mutant flush-each mmu/tdp_mmu.c 'sync deferred' lazy_collapse.list '' \
 mutant exec-huge mmu/spte.c 'sync' lazy_collapse.list '' \
 	'lazy_collapse_inplace_nx' \
 	's/^\tif (is_nx_huge_page_enabled(kvm))$/\tif (0)/'
+# The worker does not pause after a batch (collapse_pause_pct ignored).
+mutant no-pause mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
+	'lazy_collapse_pace' \
+	's/^\tif (s \&\& pause_pct) {$/\tif (0) {/'
 
 usage() {
 	cat <<USAGE

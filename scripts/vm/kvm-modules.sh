@@ -95,17 +95,22 @@ check)
 	bad collapse_batch=0 "Invalid argument"
 	bad collapse_batch=262145 "Invalid argument"
 	bad collapse_batch=8x "Invalid argument"
+	bad collapse_pause_pct=10001 "Invalid argument"
+	bad collapse_pause_pct=-1 "Invalid argument"
 	dmesg | grep -E "invalid for parameter .collapse_" | tail -n 3 | sed 's/^/# dmesg: /'
-	load collapse_mode=ondemand collapse_delay_ms=3600000 collapse_batch=262144 ||
+	load collapse_mode=ondemand collapse_delay_ms=3600000 collapse_batch=262144 \
+		collapse_pause_pct=10000 ||
 		die "insmod with good values failed"
 	expect "collapse_mode=ondemand" "$(cat $p/collapse_mode)" ondemand
 	expect "collapse_delay_ms=3600000" "$(cat $p/collapse_delay_ms)" 3600000
 	expect "collapse_batch=262144" "$(cat $p/collapse_batch)" 262144
+	expect "collapse_pause_pct=10000" "$(cat $p/collapse_pause_pct)" 10000
 	unload || die "cannot unload kvm"
 	load || die "insmod without parameters failed"
 	expect "default collapse_mode" "$(cat $p/collapse_mode)" sync
 	expect "default collapse_delay_ms" "$(cat $p/collapse_delay_ms)" 10000
 	expect "default collapse_batch" "$(cat $p/collapse_batch)" 64
+	expect "default collapse_pause_pct" "$(cat $p/collapse_pause_pct)" 0
 	echo "$mode" >$p/collapse_mode
 	;;
 reload)

@@ -40,7 +40,7 @@ fi
 # or mode changes them (tests/lazy_collapse.list checks the defaults).
 if [ -e $param ] && [ ! -e /tmp/kvm-boot-params ]; then
 	d=${param%/*}
-	echo "$(cat "$d/collapse_mode") $(cat "$d/collapse_delay_ms") $(cat "$d/collapse_batch")" \
+	echo "$(cat "$d/collapse_mode") $(cat "$d/collapse_delay_ms") $(cat "$d/collapse_batch") $(cat "$d/collapse_pause_pct")" \
 		>/tmp/kvm-boot-params
 fi
 

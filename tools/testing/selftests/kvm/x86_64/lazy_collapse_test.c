@@ -80,11 +80,13 @@
 #define PARAM_DIR	"/sys/module/kvm/parameters/"
 static const char * const params[] = {
 	"collapse_mode", "collapse_delay_ms", "collapse_batch",
+	"collapse_pause_pct",
 };
 
 /* What main() puts back after each subtest: the above, and what -x sets. */
 static const char * const restored[] = {
-	"collapse_mode", "collapse_delay_ms", "collapse_batch", "nx_huge_pages",
+	"collapse_mode", "collapse_delay_ms", "collapse_batch",
+	"collapse_pause_pct", "nx_huge_pages",
 };
 
 static const char * const mode_names[] = {
@@ -470,8 +472,27 @@ static uint64_t huge_2m(struct test_vm *t)
 	return stat_of(t, "pages_2m") + HPAGE_PAGES * stat_of(t, "pages_1g");
 }
 
-/* The threads of this process named @comm. */
-static int count_threads(const char *comm)
+/* Threads: in /proc/self/status, the number of threads of this process. */
+static int nr_threads(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[128];
+	int n = -1;
+
+	TEST_ASSERT(f, "fopen(/proc/self/status)");
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Threads: %d", &n) == 1)
+			break;
+	fclose(f);
+	TEST_ASSERT(n > 0, "no Threads: in /proc/self/status");
+	return n;
+}
+
+/*
+ * One listing of /proc/self/task: the threads named @comm (all if NULL);
+ * *@listed is how many threads it listed.
+ */
+static int list_threads(const char *comm, int *listed)
 {
 	char path[300], buf[32];
 	struct dirent *d;
@@ -479,9 +500,11 @@ static int count_threads(const char *comm)
 	int n = 0;
 
 	TEST_ASSERT(dir, "opendir(/proc/self/task)");
+	*listed = 0;
 	while ((d = readdir(dir))) {
 		if (d->d_name[0] == '.')
 			continue;
+		++*listed;
 		if (comm) {
 			int fd, r;
 
@@ -504,6 +527,44 @@ static int count_threads(const char *comm)
 		n++;
 	}
 	closedir(dir);
+	return n;
+}
+
+/*
+ * The threads of this process named @comm (all if NULL).  A readdir() of
+ * /proc/self/task ends early, leaving out the threads after it, when the
+ * thread it is at exits meanwhile (a vCPU thread that was joined may still
+ * be exiting): only a listing of as many threads as the process had before
+ * and after it is complete.
+ */
+static int count_threads(const char *comm)
+{
+	uint64_t end = now_ns() + 10000000000ULL;
+	int n, listed, before;
+
+	do {
+		before = nr_threads();
+		n = list_threads(comm, &listed);
+		if (listed == before && nr_threads() == before)
+			return n;
+		usleep(1000);
+	} while (now_ns() < end);
+	TEST_FAIL("No complete listing of /proc/self/task in 10 s");
+	return -1;
+}
+
+/*
+ * The threads named @comm once those that are exiting are gone, 10 s at
+ * most: vhost_task_stop() returns when the worker has left its loop, before
+ * its thread has exited.
+ */
+static int threads_left(const char *comm)
+{
+	uint64_t end = now_ns() + 10000000000ULL;
+	int n;
+
+	while ((n = count_threads(comm)) && now_ns() < end)
+		usleep(1000);
 	return n;
 }
 
@@ -639,17 +700,20 @@ static void test_knobs(void)
 	check_good(PARAM_DIR "collapse_mode", "sync", "sync\n");
 	check_uint_knob(PARAM_DIR "collapse_delay_ms", 0, 3600000);
 	check_uint_knob(PARAM_DIR "collapse_batch", 1, 262144);
+	check_uint_knob(PARAM_DIR "collapse_pause_pct", 0, 10000);
 
 	/* A new VM takes the parameters as its defaults... */
 	check_good(PARAM_DIR "collapse_mode", "ondemand", "ondemand\n");
 	check_good(PARAM_DIR "collapse_delay_ms", "1234", "1234\n");
 	check_good(PARAM_DIR "collapse_batch", "56", "56\n");
+	check_good(PARAM_DIR "collapse_pause_pct", "78", "78\n");
 	t = create_test_vm(4 << 20);
 	read_file(vm_file(t->vm, "collapse_mode"), buf, sizeof(buf));
 	TEST_ASSERT(!strcmp(buf, "sync deferred [ondemand]\n"),
 		    "collapse_mode of a new VM reads '%s'", buf);
 	TEST_ASSERT_EQ(vm_knob(t->vm, "collapse_delay_ms"), 1234);
 	TEST_ASSERT_EQ(vm_knob(t->vm, "collapse_batch"), 56);
+	TEST_ASSERT_EQ(vm_knob(t->vm, "collapse_pause_pct"), 78);
 
 	/* ... and keeps them when the parameters change. */
 	for (i = 0; i < ARRAY_SIZE(params); i++) {
@@ -659,6 +723,7 @@ static void test_knobs(void)
 	TEST_ASSERT_EQ(vm_mode(t->vm), KVM_X86_COLLAPSE_ONDEMAND);
 	TEST_ASSERT_EQ(vm_knob(t->vm, "collapse_delay_ms"), 1234);
 	TEST_ASSERT_EQ(vm_knob(t->vm, "collapse_batch"), 56);
+	TEST_ASSERT_EQ(vm_knob(t->vm, "collapse_pause_pct"), 78);
 
 	/* Per-VM debugfs files. */
 	check_bad(vm_file(t->vm, "collapse_mode"), bad_mode,
@@ -669,6 +734,7 @@ static void test_knobs(void)
 		   "sync [deferred] ondemand\n");
 	check_uint_knob(vm_file(t->vm, "collapse_delay_ms"), 0, 3600000);
 	check_uint_knob(vm_file(t->vm, "collapse_batch"), 1, 262144);
+	check_uint_knob(vm_file(t->vm, "collapse_pause_pct"), 0, 10000);
 
 	/*
 	 * collapse_now takes 1 and nothing else; a bad write must not collapse
@@ -890,7 +956,7 @@ static void test_worker(void)
 
 		snprintf(dir, sizeof(dir), "%s", vm_dir(t->vm));
 		destroy_test_vm(t);
-		TEST_ASSERT_EQ(count_threads("kvm-collapse"), 0);
+		TEST_ASSERT_EQ(threads_left("kvm-collapse"), 0);
 		TEST_ASSERT(stat(dir, &st) && errno == ENOENT,
 			    "%s still there after the VM was destroyed", dir);
 	}
@@ -1368,12 +1434,71 @@ static void *collapse_thread(void *arg)
 }
 
 /*
+ * pace (lazy modes): with collapse_pause_pct, the worker pauses after each
+ * batch for that share of the time the batch took.  At 10000%, one region per
+ * batch, the collapse of a -r slot by the worker (at the stop in deferred
+ * mode, at collapse_now in ondemand mode) lasts at least 100 times what all
+ * but its longest batch held mmu_lock; with no pause, a small multiple of it.
+ * A VM destroyed while its worker pauses goes away.
+ */
+static void test_pace(void)
+{
+	struct test_vm *t = create_test_vm(race_size);
+	uint64_t before, gb_before, h0, holds0, start, wall, hold, holds;
+	int mode = vm_mode(t->vm);
+
+	TEST_ASSERT(mode != KVM_X86_COLLAPSE_SYNC,
+		    "pace needs a lazy mode (kvm.collapse_mode)");
+	set_collapse(t->vm, KVM_X86_COLLAPSE_SET_DELAY | KVM_X86_COLLAPSE_SET_BATCH,
+		     0, 0, 1);
+	vm_set(t->vm, "collapse_pause_pct", "10000");
+	map_huge(t, &before, &gb_before);
+	split_all(t, 2);
+
+	h0 = stat_of(t, "collapse_time_ns");
+	holds0 = stat_of(t, "collapse_holds");
+	start = now_ns();
+	set_logging(t, 0, false);
+	if (mode == KVM_X86_COLLAPSE_ONDEMAND)
+		vm_set(t->vm, "collapse_now", "1");
+	TEST_ASSERT(wait_no_pending(t, 600), "No collapse in 600 s");
+	wall = now_ns() - start;
+	hold = stat_of(t, "collapse_time_ns") - h0;
+	holds = stat_of(t, "collapse_holds") - holds0;
+	ksft_print_msg("pace: %lu batches held mmu_lock %lu us (at most %lu us), took %lu us\n",
+		       holds, hold / 1000,
+		       stat_of(t, "collapse_max_hold_ns") / 1000, wall / 1000);
+	TEST_ASSERT(holds >= 8, "%lu batches of one region: want 8 or more",
+		    holds);
+	TEST_ASSERT(wall >= 100 * (hold - stat_of(t, "collapse_max_hold_ns")),
+		    "The paced collapse took %lu us for %lu us of batches",
+		    wall / 1000, hold / 1000);
+	pass(t, 2, GUEST_CHECK);
+	TEST_ASSERT_EQ(huge_2m(t), before);
+
+	/* Destroyed while the worker pauses after the first batch. */
+	split_all(t, 3);
+	set_logging(t, 0, false);
+	if (mode == KVM_X86_COLLAPSE_ONDEMAND)
+		vm_set(t->vm, "collapse_now", "1");
+	start = now_ns() + 60000000000ULL;
+	while (!stat_of(t, "collapse_started_slots") && now_ns() < start)
+		usleep(1000);
+	TEST_ASSERT_EQ(stat_of(t, "collapse_started_slots"), 1);
+	destroy_test_vm(t);
+	TEST_ASSERT_EQ(threads_left("kvm-collapse"), 0);
+}
+
+/*
  * resume (lazy modes): slot 1 (large) is collapsed by the ioctl in one go,
  * for a baseline, then split again and collapsed by an ioctl interrupted by
- * a signal once its collapse has started; slot 0 (a lower index) stops
- * logging meanwhile.  The next ioctl must finish slot 1 where it stopped,
- * then do slot 0: slot 1's counts equal the baseline, and each slot has
- * exactly one start and one end in the trace.
+ * a signal once its collapse has started (in ondemand mode, so that only the
+ * ioctl collapses); slot 0 (a lower index) stops logging meanwhile.  The next
+ * ioctl must finish slot 1 where it stopped, then do slot 0: slot 1's counts
+ * equal the baseline, and each slot has exactly one start and one end in the
+ * trace.  In deferred mode, the VM is switched back to it first: the worker
+ * must take slot 1 on at once, though it is due in an hour (a collapse that
+ * has started is never put off), and leave slot 0 to the ioctl.
  */
 static void test_resume(void)
 {
@@ -1382,10 +1507,11 @@ static void test_resume(void)
 	struct sigaction sa = { .sa_handler = no_op };
 	struct interrupted x = { .vm = t->vm };
 	uint64_t r0, base1, base0, part, end;
+	int mode = vm_mode(t->vm);
 	struct slot_trace t0, t1;
 	pthread_t thread;
 
-	TEST_ASSERT(vm_mode(t->vm) != KVM_X86_COLLAPSE_SYNC,
+	TEST_ASSERT(mode != KVM_X86_COLLAPSE_SYNC,
 		    "resume needs a lazy mode (kvm.collapse_mode)");
 	/* Only the ioctl collapses here, one region per batch. */
 	set_collapse(t->vm, KVM_X86_COLLAPSE_SET_DELAY | KVM_X86_COLLAPSE_SET_BATCH,
@@ -1407,6 +1533,8 @@ static void test_resume(void)
 	pass(t, 2, GUEST_CHECK);
 
 	/* Interrupted once slot 1's collapse has started. */
+	set_collapse(t->vm, KVM_X86_COLLAPSE_SET_MODE, KVM_X86_COLLAPSE_ONDEMAND,
+		     0, 0);
 	split_all(t, 3);
 	trace_clear();
 	r0 = stat_of(t, "collapse_regions");
@@ -1428,6 +1556,16 @@ static void test_resume(void)
 	/* Slot 0 becomes pending; slot 1 goes on first, where it was. */
 	set_logging(t, 0, false);
 	TEST_ASSERT_EQ(stat_of(t, "collapse_pending_slots"), 2);
+	if (mode == KVM_X86_COLLAPSE_DEFERRED) {
+		set_collapse(t->vm, KVM_X86_COLLAPSE_SET_MODE, mode, 0, 0);
+		end = now_ns() + 60000000000ULL;
+		while (stat_of(t, "collapse_pending_slots") == 2 &&
+		       now_ns() < end)
+			usleep(1000);
+		TEST_ASSERT_EQ(stat_of(t, "collapse_pending_slots"), 1);
+		TEST_ASSERT_EQ(stat_of(t, "collapse_started_slots"), 0);
+		TEST_ASSERT_EQ(stat_of(t, "collapse_regions") - r0, base1);
+	}
 	TEST_ASSERT_EQ(collapse_now(t->vm, 0), 0);
 	TEST_ASSERT_EQ(stat_of(t, "collapse_pending_slots"), 0);
 	TEST_ASSERT_EQ(stat_of(t, "collapse_started_slots"), 0);
@@ -1652,7 +1790,7 @@ static void test_teardown(void)
 			usleep(rand() % 3000);
 			close(fd);
 		}
-		TEST_ASSERT_EQ(count_threads("kvm-collapse"), 0);
+		TEST_ASSERT_EQ(threads_left("kvm-collapse"), 0);
 	}
 }
 
@@ -1667,6 +1805,7 @@ static const struct {
 	{ "inplace", test_inplace },
 	{ "stoptime", test_stoptime },
 	{ "starve", test_starve },
+	{ "pace", test_pace },
 	{ "resume", test_resume },
 	{ "smm", test_smm },
 	{ "races", test_races },
