@@ -126,10 +126,10 @@ else
 	# One host thread for all vCPUs: QEMU 7.2 now and then runs a nested
 	# guest for tens of seconds without returning to the test VM, whose
 	# vCPUs all freeze; when they run again the soft-lockup detector
-	# reports the jump in time at the VMRUN return of KVM_RUN (44 s in a
-	# vmm stage, 2026-11-26; its console also showed "Long readout
-	# interval", the clocksource watchdog noticing the same gap). The
-	# detector stays on, reporting stalls over 2 minutes instead of 20 s.
+	# reports the jump in time at the VMRUN return of KVM_RUN (the
+	# console also shows "Long readout interval", the clocksource
+	# watchdog noticing the same gap; docs/test-bed.md). The detector
+	# stays on, reporting stalls over 2 minutes instead of 20 s.
 	[ "$tcg_thread" = multi ] || append="watchdog_thresh=60 $append"
 fi
 

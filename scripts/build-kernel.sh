@@ -8,7 +8,7 @@ usage() {
 Usage: ${0##*/} [--config NAME] [--vmlinux] [--help]
 
 Build linux/ into build/NAME/ (default NAME: test): 'make tinyconfig', then
-the fragments configs/test.config (and configs/NAME.config for another NAME)
+the fragments scripts/configs/test.config (and scripts/configs/NAME.config for another NAME)
 merged with the kernel's scripts/kconfig/merge_config.sh, then bzImage.
 Every option a fragment sets is checked in the final .config (merge_config.sh
 only warns when a dependency drops one). A config with CONFIG_MODULES=y
@@ -32,8 +32,8 @@ while [ $# -gt 0 ]; do
 done
 
 [ -d "$LINUX" ] || die "no linux/: run scripts/prepare.sh"
-frags=("$TOP/configs/test.config")
-[ "$cfg" = test ] || frags+=("$TOP/configs/$cfg.config")
+frags=("$TOP/scripts/configs/test.config")
+[ "$cfg" = test ] || frags+=("$TOP/scripts/configs/$cfg.config")
 for f in "${frags[@]}"; do [ -r "$f" ] || die "no fragment $f"; done
 
 out="$BUILD/$cfg"
@@ -71,13 +71,13 @@ if ! cat "${frags[@]}" | cmp -s - "$stamp" || [ ! -f "$out/.config" ]; then
 			bad=1
 		fi
 	done
-	[ "$bad" = 0 ] || die "fragment settings were dropped; fix configs/"
+	[ "$bad" = 0 ] || die "fragment settings were dropped; fix scripts/configs/"
 	cat "${frags[@]}" >"$stamp"
 fi
 
 log "building $cfg kernel in $out"
 "${mk[@]}" "$target"
-# A modular KVM (configs/modules.config): the modules, installed under
+# A modular KVM (scripts/configs/modules.config): the modules, installed under
 # build/NAME/modinst/ for the VM to load over 9p (scripts/vm/kvm-modules.sh).
 if [ "$target" != vmlinux ] && grep -q '^CONFIG_MODULES=y' "$out/.config"; then
 	"${mk[@]}" modules

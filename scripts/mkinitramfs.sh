@@ -8,7 +8,7 @@ usage() {
 Usage: ${0##*/} [--help]
 
 Write build/initramfs.cpio.gz: busybox-static, scripts/vm/ (init and the
-test runner), tests/*.list, scripts/vmm/ (the QEMU scenario, its guest
+test runner), scripts/tests/*.list, scripts/vmm/ (the QEMU scenario, its guest
 built here), the KVM selftest binaries of
 build/kselftest/kvm/ and the shared libraries that ldd lists for them.
 scripts/boot.sh appends the command to run as a second archive.
@@ -32,10 +32,10 @@ mkdir -p "$root"/{bin,dev,proc,sys,tmp,lazy/x86_64}
 cp "$busybox" "$root/bin/busybox"
 cp "$TOP/scripts/vm/init" "$root/init"
 cp "$TOP"/scripts/vm/*.sh "$root/lazy/"
-cp "$TOP"/tests/*.list "$root/lazy/"
+cp "$TOP"/scripts/tests/*.list "$root/lazy/"
 chmod +x "$root/init" "$root"/lazy/*.sh
 
-# The QEMU scenario (tests/vmm.list): its driver and its guest, a
+# The QEMU scenario (scripts/tests/vmm.list): its driver and its guest, a
 # multiboot payload that QEMU boots in no time.
 mkdir -p "$root/lazy/vmm" "$BUILD/vmm"
 gcc -m64 -O2 -Wall -Wextra -Werror -ffreestanding -fno-pic -fno-pie \

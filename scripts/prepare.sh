@@ -31,6 +31,13 @@ done
 
 [ -r "$SRC_TARBALL" ] || die "$SRC_TARBALL missing: run scripts/install-deps.sh"
 
+# The selftests here and in linux/ must agree; making them agree rewrites
+# linux/'s history, which only ./run sync does, when asked.
+selftests_agree() {
+	"$TOP/scripts/sync-selftests.sh" --check >/dev/null 2>&1 ||
+		die "tools/testing/selftests/kvm/ differs from linux/'s: ./run sync (amends the selftest patch), then ./run export"
+}
+
 if [ -d "$LINUX/.git" ]; then
 	if [ -n "$(git -C "$LINUX" status --porcelain --untracked-files=no)" ]; then
 		die "linux/ has uncommitted changes; commit them (then scripts/export.sh) first"
@@ -38,7 +45,7 @@ if [ -d "$LINUX/.git" ]; then
 	if [ "$force" = 0 ]; then
 		if "$TOP/scripts/export.sh" --check >/dev/null 2>&1; then
 			log "linux/ already holds patches/series; nothing to do"
-			"$TOP/scripts/sync-selftests.sh"
+			selftests_agree
 			exit 0
 		fi
 		die "linux/ exists and differs from patches/; export it (scripts/export.sh) or use --force"
@@ -79,5 +86,5 @@ if [ -s "$TOP/patches/series" ]; then
 	done <"$TOP/patches/series"
 fi
 log "applied $(git rev-list --count "$BASE_TAG"..HEAD) patches"
-"$TOP/scripts/sync-selftests.sh"
+selftests_agree
 echo "Linux $kver (Debian linux-source-6.12 $pkgver)"

@@ -17,7 +17,7 @@ STAGES=(
 	'vmm|test|one|yes||vmm.list upstream-1t.list|a real VMM: Debian QEMU (the host root over 9p) migrates a guest, the migration fails, is cancelled, retried or resumed, over QMP and through libvirt (scripts/vmm/scenario.py), every mode; and the upstream tests that need one TCG thread'
 	'shadow|test|one|yes|kvm.tdp_mmu=N|lazy_collapse_shadow.list|shadow MMU (rmap walk): our tests in every mode'
 	'npt0|test|one|yes|kvm_amd.npt=0 kvm_intel.ept=0|lazy_collapse_shadow.list|shadow paging (the shadow MMU shadows the guest page tables): our tests in every mode'
-	'modules|modules|multi|no|lazy_modules=@MODULES@|modules.list|KVM built as modules (configs/modules.config, a third cold kernel build), loaded over 9p (scripts/vm/kvm-modules.sh): in every mode'
+	'modules|modules|multi|no|lazy_modules=@MODULES@|modules.list|KVM built as modules (scripts/configs/modules.config, a third cold kernel build), loaded over 9p (scripts/vm/kvm-modules.sh): in every mode'
 )
 declare -A S_CONFIG S_THREADS S_APPEND S_LISTS S_WHAT
 ALL_STAGES="" KNOWN_STAGES=""
@@ -40,7 +40,7 @@ $(for n in $KNOWN_STAGES; do
 	printf '  %-8s' "$n"
 	{ [ "${S_CONFIG[$n]}" = - ] || printf '[%s kernel%s%s%s] ' "${S_CONFIG[$n]}" \
 		"${S_APPEND[$n]:+, booted with ${S_APPEND[$n]}}" \
-		"${S_LISTS[$n]:+; tests/: ${S_LISTS[$n]}}" \
+		"${S_LISTS[$n]:+; scripts/tests/: ${S_LISTS[$n]}}" \
 		"$([ "${S_THREADS[$n]}" = multi ] || echo "; one TCG thread")"
 	  echo "${S_WHAT[$n]}"; } | fold -s -w 68 | sed 's/ *$//; 2,$s/^/          /'
 done)
@@ -206,7 +206,7 @@ boot_stage() { # name config append runner-args...
 	local args=(--config "$cfg" --logdir "$res/$name") tmo
 	# A hang: no output for longer than the longest test may run.
 	tmo=$(awk '!/^#/ && $2 > m { m = $2 } END { print m + 0 }' \
-		"${@/#/$TOP/tests/}")
+		"${@/#/$TOP/scripts/tests/}")
 	args+=(--idle $((tmo + 120)))
 	[ -z "$append" ] || args+=(--append "$append")
 	# QEMU 7.2's multi-threaded TCG breaks the nested QEMU guest of the
@@ -256,13 +256,19 @@ if [ "$(id -u)" = 0 ]; then
 	"$TOP/scripts/install-deps.sh"
 fi
 summary() {
-	local pass skip failn
+	local pass skip failn retries
 	pass=$(grep -E '^ok ' "$results" | grep -vc '# SKIP$' || true)
 	skip=$(grep -cE '^ok .*# SKIP$' "$results" || true)
 	failn=$(grep -c '^not ok ' "$results" || true)
 	[ ! -s "$failures" ] || cat "$failures"
 	echo "# results: $results; total time $(( $(date +%s) - start )) s"
 	grep -E '^(not ok|# why: )' "$results" || true
+	# Every rerun of a test (under TCG only, for a failure proven to be
+	# the emulator's: docs/test-bed.md), counted and named.
+	retries=$(cat "$res"/*/output.log 2>/dev/null | tr -d '\r' |
+		grep -E '^(# )+([^ ].*: )?RETRY: ' | sed -E 's/^(# )+//' || true)
+	echo "# retries: $(printf '%s' "$retries" | grep -c . || true)"
+	[ -z "$retries" ] || printf '%s\n' "$retries" | sed 's/^/#   /'
 	echo "$pass passed, $failn failed, $skip skipped"
 	[ "$failn" = 0 ]
 }

@@ -9,7 +9,7 @@ Usage: ${0##*/} [--modes "MODES"] [--repeat N] [--help]
 
 Build the patched test kernel, the selftests and the initramfs if needed,
 boot it in QEMU with the host's root shared read-only over 9p, and run
-tests/vmm.list in each collapse mode: inside the VM, Debian's QEMU (from
+scripts/tests/vmm.list in each collapse mode: inside the VM, Debian's QEMU (from
 that root) boots scripts/vmm/guest.c, which writes and checks all its
 memory, and scripts/vmm/scenario.py migrates it over QMP to a receiver
 that is killed mid-stream, then migrates it again and cancels, then
@@ -18,7 +18,8 @@ lets a migration complete and resumes the paused source with "cont" (QEMU
 stops logging inside cont). It checks that each mode collapses when it
 should, that pages_2m comes back and that the guest ran on with its memory
 intact, and prints the stop time QEMU saw (its longest QMP round trip, or
-cont's) next to KVM's collapse time ("qemu-result" lines). tests/vmm.list also runs it with --libvirt: a session libvirtd
+cont's) next to KVM's collapse time ("qemu-result" lines).
+scripts/tests/vmm.list also runs it with --libvirt: a session libvirtd
 starts QEMU, and 'virsh dump --live' into a FIFO is the migration, failed
 by killing the reader or aborted with 'virsh domjobabort'.
 scripts/bench.sh --qemu adds the QEMU runs to the benchmark, on the
@@ -29,7 +30,7 @@ Logs go to out/vmm-<time>/. './run test' runs the same list as its "vmm"
 stage. Under TCG the test VM's vCPUs run in one host thread
 (boot.sh --tcg-thread single): with one thread per vCPU, QEMU 7.2's
 emulation of SVM breaks this nested guest now and then, on the unmodified
-kernel too (sysctl-docs/lazy-collapse.md, "What a VMM sees: QEMU").
+kernel too (docs/test-bed.md).
 USAGE
 }
 
@@ -44,6 +45,10 @@ while [ $# -gt 0 ]; do
 	shift
 done
 [[ $repeat =~ ^[1-9][0-9]*$ ]] || die "--repeat wants a positive number"
+for m in $modes; do
+	case "$m" in sync | deferred | ondemand) ;; *) die "--modes: no mode '$m'" ;; esac
+done
+[ -n "${modes// /}" ] || die "--modes: no mode given"
 
 if [ "$(id -u)" = 0 ]; then
 	"$TOP/scripts/install-deps.sh"

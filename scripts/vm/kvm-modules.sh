@@ -1,7 +1,7 @@
 #!/bin/sh
 # shellcheck shell=dash
 # Runs inside the test VM of the "modules" stage (scripts/test.sh): a kernel
-# whose KVM is built as modules (configs/modules.config). The modules are
+# whose KVM is built as modules (scripts/configs/modules.config). The modules are
 # read from the host's build directory over 9p (init mounts the host's root
 # on /host): lazy_modules=DIR on the kernel command line names
 # DIR/lib/modules/<release>/ (set by test.sh).
