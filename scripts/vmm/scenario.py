@@ -508,110 +508,158 @@ def migrate(vm, recv):
     return recv
 
 
-def scenario(vm, case, mode, bandwidth, hold):
-    upstream = mode == "upstream"
-    regions = vm.stat("pages_2m")
-    runs0 = 0 if upstream else vm.stat("collapse_runs")
-    regions0 = 0 if upstream else vm.stat("collapse_regions")
-    job = None
-    if vm.libvirt:
-        case = "libvirt-" + case
-    log("%s: pages_2m %d before the migration" % (case, regions))
+# What each mode makes of a stop of logging, as data: whether the stop
+# leaves a slot pending (None: an unmodified kernel, which says nothing),
+# and whether the collapse then waits for collapse_now.
+MODES = {
+    "sync": {"pending": False, "trigger": False},
+    "deferred": {"pending": True, "trigger": False},
+    "ondemand": {"pending": True, "trigger": True},
+    "upstream": {"pending": None, "trigger": False},
+}
 
+
+class Case:
+    """One migration of the scenario, ended by @case, and what it saw."""
+
+    def __init__(self, vm, case, mode):
+        self.vm, self.case, self.mode = vm, case, mode
+        self.name = "libvirt-" + case if vm.libvirt else case
+        self.upstream = mode == "upstream"
+        self.expect = MODES[mode]
+        self.regions = vm.stat("pages_2m")
+        self.runs0 = self.stat("collapse_runs")
+        self.regions0 = self.stat("collapse_regions")
+        self.job = self.again = self.delay = None
+        self.cont_s = 0.0
+
+    def stat(self, name):
+        """A collapse statistic of the VM; 0 on an unmodified kernel."""
+        return 0 if self.upstream else self.vm.stat(name)
+
+    def short_delay(self):
+        """Deferred with a delay so short that it may have collapsed."""
+        return (self.mode == "deferred" and
+                int(self.vm.knob("collapse_delay_ms")) < 2000)
+
+
+def start_migration(c, bandwidth):
+    vm = c.vm
     if vm.libvirt:
         # libvirt migrates to a file at full speed: the reader sets the pace.
-        fifo = os.path.join(vm.dir, "dump-%s.fifo" % case)
+        fifo = os.path.join(vm.dir, "dump-%s.fifo" % c.name)
         os.mkfifo(fifo)
         subprocess.run(["chown", "nobody:nogroup", fifo], check=True)
-        recv = subprocess.Popen([sys.executable, "-c", FIFO_READER, fifo,
-                                 str(bandwidth)])
-        job = vm.libvirt.popen("dump", "--live", "lazy", fifo,
-                               stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+        c.recv = subprocess.Popen([sys.executable, "-c", FIFO_READER, fifo,
+                                   str(bandwidth)])
+        c.job = vm.libvirt.popen("dump", "--live", "lazy", fifo,
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
         wait_for(lambda: vm.migration().get("status") == "active", 60,
                  "virsh dump --live to start QEMU's migration")
     else:
         vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": bandwidth})
-        recv = migrate(vm, receiver(vm, case))
-    t_start = time.monotonic()
-    again = delay = None
-    if case == "retry":
+        c.recv = migrate(vm, receiver(vm, c.name))
+    c.t_start = time.monotonic()
+    if c.case == "retry":
         # The second migration must start before a deferred collapse is
         # due (collapse_delay_ms after the stop), whatever the machine's
         # speed: its receiver (a Python process) starts now, and the
         # slots stay pending until retry() is done with them.
-        again = receiver(vm, "retry-again")
-        if mode == "deferred":
-            delay = vm.knob("collapse_delay_ms")
+        c.again = receiver(vm, "retry-again")
+        if c.mode == "deferred":
+            c.delay = vm.knob("collapse_delay_ms")
             vm.write_knob("collapse_delay_ms", "3600000")
 
-    # Logging is on; KVM splits the huge pages as QEMU clears the dirty
-    # log and the guest writes.
+
+def log_until_split(c, hold):
+    """Logging is on: KVM splits the huge pages as QEMU clears the dirty
+    log and the guest writes."""
+    vm = c.vm
+
     def split():
         st = vm.migration()
         check(st.get("status") in ("setup", "active"),
               "migration ended early: %s" % st.get("status"))
         vm.running()
-        return vm.stat("pages_2m") <= regions // 4
+        return vm.stat("pages_2m") <= c.regions // 4
     wait_for(split, 300, "KVM to split the huge pages (pages_2m <= %d)" %
-             (regions // 4), 0.5)
+             (c.regions // 4), 0.5)
     time.sleep(hold)
     st = vm.migration()
     check(st["status"] == "active", "migration not active: %s" % st["status"])
-    split_count = vm.stat("pages_2m")
+    c.split_count = vm.stat("pages_2m")
     sent = st.get("ram", {}).get("transferred", 0)
     log("%s: logging for %.1f s, pages_2m %d, %d MiB sent" %
-        (case, time.monotonic() - t_start, split_count, sent >> 20))
+        (c.name, time.monotonic() - c.t_start, c.split_count, sent >> 20))
 
-    passes_stop = vm.passes()
+
+def complete_paused(c):
+    """The migration completes: the guest is stopped and the rest sent, as
+    at QEMU's own switchover.  QEMU postpones the logging stop while the
+    guest is paused, so nothing may have stopped logging."""
+    vm = c.vm
+    vm.qmp.cmd("stop")
+    vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 8 << 30})
+    wait_for(lambda: vm.migration()["status"] == "completed", 300,
+             "the migration to complete", 0.2)
+    st = vm.qmp.cmd("query-status")["status"]
+    check(st == "postmigrate", "source %s after the migration" % st)
+    check(c.upstream or not vm.stat("collapse_pending_slots") and
+          not collapse_events(vm.pid),
+          "logging stopped while the source was paused")
+    check(vm.stat("pages_2m") <= c.regions // 4,
+          "huge pages back on the paused source (%d)" % vm.stat("pages_2m"))
+    log("%s: migration completed, source paused, logging still on" % c.name)
+
+
+# How each case ends the migration; the status QEMU then reports.
+def end_fail(c):
+    c.recv.send_signal(signal.SIGKILL)
+    return "failed"
+
+
+def end_cancel(c):
+    if c.job:
+        c.vm.libvirt.virsh("domjobabort", "lazy")
+    else:
+        c.vm.qmp.cmd("migrate_cancel")
+    return "cancelled"
+
+
+def end_resume(c):
+    # The destination failed to start the guest, so the management
+    # application (libvirt: a failed Finish) resumes the source: QEMU
+    # stops logging inside "cont", before the vCPUs run again, so a
+    # collapse there adds to the guest's downtime.
+    c.vm.qmp.cmd("cont")
+    c.cont_s = time.monotonic() - c.t_stop
+    return "completed"
+
+
+ENDS = {"fail": end_fail, "cancel": end_cancel, "retry": end_cancel,
+        "resume": end_resume}
+
+
+def stop_migration(c):
+    vm = c.vm
+    c.passes_stop = vm.passes()
     with open(TRACING + "/trace", "w") as f:
         f.write("")
-    if case == "resume":
-        # The migration completes: the guest is stopped and the rest sent,
-        # as at QEMU's own switchover.  QEMU postpones the logging stop
-        # while the guest is paused, so nothing may have stopped logging.
-        vm.qmp.cmd("stop")
-        vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 8 << 30})
-        wait_for(lambda: vm.migration()["status"] == "completed", 300,
-                 "the migration to complete", 0.2)
-        st = vm.qmp.cmd("query-status")["status"]
-        check(st == "postmigrate", "source %s after the migration" % st)
-        check(upstream or not vm.stat("collapse_pending_slots") and
-              not collapse_events(vm.pid),
-              "logging stopped while the source was paused")
-        check(vm.stat("pages_2m") <= regions // 4,
-              "huge pages back on the paused source (%d)" %
-              vm.stat("pages_2m"))
-        log("%s: migration completed, source paused, logging still on" %
-            case)
-    if not upstream:
+    if c.case == "resume":
+        complete_paused(c)
+    if not c.upstream:
         tracing(True)
-    t_stop = time.monotonic()
-    cont_s = 0.0
-    if case.endswith("fail"):
-        recv.send_signal(signal.SIGKILL)
-        want = "failed"
-    elif case == "resume":
-        # The destination failed to start the guest, so the management
-        # application (libvirt: a failed Finish) resumes the source:
-        # QEMU stops logging inside "cont", before the vCPUs run again,
-        # so a collapse there adds to the guest's downtime.
-        vm.qmp.cmd("cont")
-        cont_s = time.monotonic() - t_stop
-        want = "completed"
-    elif job:
-        vm.libvirt.virsh("domjobabort", "lazy")
-        want = "cancelled"
-    else:
-        vm.qmp.cmd("migrate_cancel")
-        want = "cancelled"
-    recv.wait()
-    if job:
-        out = job.communicate(timeout=120)[0].strip().replace("\n", " | ")
-        log("%s: virsh dump exited %d: %s" % (case, job.returncode, out))
-        check(job.returncode != 0, "virsh dump did not fail")
+    c.t_stop = time.monotonic()
+    want = ENDS[c.case](c)
+    c.recv.wait()
+    if c.job:
+        out = c.job.communicate(timeout=120)[0].strip().replace("\n", " | ")
+        log("%s: virsh dump exited %d: %s" % (c.name, c.job.returncode, out))
+        check(c.job.returncode != 0, "virsh dump did not fail")
     wait_for(lambda: vm.migration()["status"] == want, 120,
              "migration status %s" % want, 0.05)
+
     # QEMU's cleanup stops dirty logging after the status changed (and
     # postpones it while the guest is paused): wait until KVM has seen it
     # (a sync run traced, or a slot pending; an unmodified kernel gives no
@@ -620,93 +668,110 @@ def scenario(vm, case, mode, bandwidth, hold):
         vm.running()
         return (vm.stat("collapse_pending_slots") or
                 collapse_events(vm.pid))
-    if not upstream:
+    if not c.upstream:
         wait_for(stopped, 60, "KVM to see logging stop", 0.02)
         vm.pin_worker()
     time.sleep(0.5)
     t_end = time.monotonic()
-    pending = 0 if upstream else vm.stat("collapse_pending_slots")
-    after_stop = vm.stat("pages_2m")
-    held = max(vm.pinger.longest(t_stop, t_end), cont_s)
-    if case == "resume":
+    c.pending = c.stat("collapse_pending_slots")
+    c.after_stop = vm.stat("pages_2m")
+    c.held = max(vm.pinger.longest(c.t_stop, t_end), c.cont_s)
+    if c.case == "resume":
         log("%s: cont took %.1f ms, the guest paused throughout" %
-            (case, cont_s * 1e3))
+            (c.name, c.cont_s * 1e3))
     log("%s: migration %s; QEMU held its lock %.1f ms at most; pages_2m %d,"
-        " %d slots pending" % (case, want, held * 1e3, after_stop, pending))
+        " %d slots pending" % (c.name, want, c.held * 1e3, c.after_stop,
+                               c.pending))
 
-    if mode == "sync":
-        # stopped() saw the runs traced; their mode is checked below.
-        check(pending == 0, "sync: %d slots pending after the stop" % pending)
-    elif mode in ("deferred", "ondemand"):
-        check(pending >= 1, "%s: no slot pending after the stop" % mode)
-        check(vm.stat("collapse_runs") == runs0 or mode == "deferred" and
-              int(vm.knob("collapse_delay_ms")) < 2000,
-              "%s: collapsed at the stop" % mode)
-    if case == "retry":
-        pending = retry(vm, mode, again, regions0, t_stop)
-        if delay is not None:
-            # Due again collapse_delay_ms after the second stop.
-            vm.write_knob("collapse_delay_ms", delay)
-    if mode == "ondemand":
-        time.sleep(5)
-        # (QEMU may still have been stopping logging on a slot when
-        # pending was read.)
-        check(vm.stat("collapse_runs") == runs0 and
-              vm.stat("collapse_pending_slots") >= pending,
-              "ondemand: collapsed without collapse_now")
-        check(vm.stat("pages_2m") <= regions // 4,
-              "ondemand: huge pages back without collapse_now (%d)" %
-              vm.stat("pages_2m"))
-        log("ondemand: nothing collapsed in 5 s; writing collapse_now")
-        vm.write_knob("collapse_now", "1")
+
+def check_stop(c):
+    """What the mode says of the stop (MODES)."""
+    if c.expect["pending"] is False:
+        # stopped() saw the runs traced; their mode is checked later.
+        check(c.pending == 0, "%s: %d slots pending after the stop" %
+              (c.mode, c.pending))
+    elif c.expect["pending"]:
+        check(c.pending >= 1, "%s: no slot pending after the stop" % c.mode)
+        check(c.stat("collapse_runs") == c.runs0 or c.short_delay(),
+              "%s: collapsed at the stop" % c.mode)
+
+
+def trigger(c):
+    """ondemand: nothing comes back by itself; then collapse_now."""
+    vm = c.vm
+    time.sleep(5)
+    # (QEMU may still have been stopping logging on a slot when pending
+    # was read.)
+    check(vm.stat("collapse_runs") == c.runs0 and
+          vm.stat("collapse_pending_slots") >= c.pending,
+          "%s: collapsed without collapse_now" % c.mode)
+    check(vm.stat("pages_2m") <= c.regions // 4,
+          "%s: huge pages back without collapse_now (%d)" %
+          (c.mode, vm.stat("pages_2m")))
+    log("%s: nothing collapsed in 5 s; writing collapse_now" % c.mode)
+    vm.write_knob("collapse_now", "1")
+
+
+def wait_back(c):
+    """The huge pages come back (mapped again in place, or refaulted)."""
+    vm = c.vm
     t_trigger = time.monotonic()
 
-    # The huge pages come back (the guest refaults them at 2 MiB).
     def back():
         vm.running()
-        return vm.stat("pages_2m") >= regions * 9 // 10
+        return vm.stat("pages_2m") >= c.regions * 9 // 10
     try:
-        wait_for(back, 300, "pages_2m back to %d" % (regions * 9 // 10), 0.2)
+        wait_for(back, 300, "pages_2m back to %d" % (c.regions * 9 // 10),
+                 0.2)
     except Failed as e:
         # Whose fault: a collapse that never ran (pending, no runs), or a
         # guest that stopped touching its memory (no new passes), or
         # backing that is no longer huge (collapsed, guest running on).
-        if type(e) is Failed and not upstream:
+        if type(e) is Failed and not c.upstream:
             log("%s: at the timeout: pages_2m %d, %d slots pending, %d runs "
                 "in this case, %d regions collapsed in the VM's life, guest "
                 "passes %d at the stop, %d now; runs traced: %s" %
-                (case, vm.stat("pages_2m"),
+                (c.name, vm.stat("pages_2m"),
                  vm.stat("collapse_pending_slots"),
-                 vm.stat("collapse_runs") - runs0, vm.stat("collapse_regions"),
-                 passes_stop, vm.passes(), collapse_events(vm.pid)))
+                 vm.stat("collapse_runs") - c.runs0,
+                 vm.stat("collapse_regions"), c.passes_stop, vm.passes(),
+                 collapse_events(vm.pid)))
             log("%s: collapse_cancelled %d; the VM's last trace lines:" %
-                (case, vm.stat("collapse_cancelled")))
+                (c.name, vm.stat("collapse_cancelled")))
             with open(TRACING + "/trace") as f:
                 mine = [ln.rstrip() for ln in f if " vm %d " % vm.pid in ln]
             for ln in mine[-40:]:
                 log("trace: " + ln)
         raise
-    restored = vm.stat("pages_2m")
-    t_back = time.monotonic() - t_trigger
-    runs = []
-    if not upstream:
+    c.restored = vm.stat("pages_2m")
+    c.t_back = time.monotonic() - t_trigger
+
+
+def check_runs(c):
+    """Every run traced in the VM's mode; nothing left pending."""
+    c.runs = []
+    if not c.upstream:
         tracing(False)
-        runs = collapse_events(vm.pid)
-        check(runs, "no collapse run traced")
-        check(all(m == mode for (m, _, _) in runs),
-              "%s mode, runs traced: %s" % (mode, runs))
-        check(vm.stat("collapse_pending_slots") == 0, "slots still pending")
-    kvm_ns = sum(ns for (_, ns, _) in runs)
-    collapsed = sum(r for (_, _, r) in runs)
+        c.runs = collapse_events(c.vm.pid)
+        check(c.runs, "no collapse run traced")
+        check(all(m == c.mode for (m, _, _) in c.runs),
+              "%s mode, runs traced: %s" % (c.mode, c.runs))
+        check(c.vm.stat("collapse_pending_slots") == 0, "slots still pending")
+    c.kvm_ns = sum(ns for (_, ns, _) in c.runs)
+    c.collapsed = sum(r for (_, _, r) in c.runs)
     log("%s: pages_2m %d again %.1f s after the %s; %d collapse runs, "
         "%d regions, mmu_lock held %.1f ms" %
-        (case, restored, t_back, "trigger" if mode == "ondemand" else "stop",
-         len(runs), collapsed, kvm_ns / 1e6))
+        (c.name, c.restored, c.t_back,
+         "trigger" if c.expect["trigger"] else "stop", len(c.runs),
+         c.collapsed, c.kvm_ns / 1e6))
 
-    # The guest runs on and every page held what it wrote: two more passes
-    # check all of its memory after the collapse.  (Until the collapse,
-    # each first write to a 4 KiB page faults, which under TCG can make a
-    # pass last longer than the time to the collapse.)
+
+def run_on(c):
+    """The guest runs on and every page held what it wrote: two more
+    passes check all of its memory after the collapse.  (Until the
+    collapse, each first write to a 4 KiB page faults, which under TCG can
+    make a pass last longer than the time to the collapse.)"""
+    vm = c.vm
     now = vm.passes()
     vm.wait_passes(now + 2, 300, "after the collapse")
     st = vm.qmp.cmd("query-status")
@@ -714,10 +779,31 @@ def scenario(vm, case, mode, bandwidth, hold):
     print("qemu-result case=%s mode=%s qemu_stop_ms=%.1f kvm_collapse_ms=%.1f "
           "collapse_runs=%d regions=%d pages_2m_before=%d pages_2m_logging=%d "
           "pages_2m_after_stop=%d pages_2m_restored=%d restore_s=%.1f "
-          "guest_passes=%d" % (case, mode, held * 1e3, kvm_ns / 1e6,
-                               len(runs), collapsed, regions, split_count,
-                               after_stop, restored, t_back, vm.passes()),
+          "guest_passes=%d" % (c.name, c.mode, c.held * 1e3, c.kvm_ns / 1e6,
+                               len(c.runs), c.collapsed, c.regions,
+                               c.split_count, c.after_stop, c.restored,
+                               c.t_back, vm.passes()),
           flush=True)
+
+
+def scenario(vm, case, mode, bandwidth, hold):
+    """One migration, ended by @case, and the collapse that follows."""
+    c = Case(vm, case, mode)
+    log("%s: pages_2m %d before the migration" % (c.name, c.regions))
+    start_migration(c, bandwidth)
+    log_until_split(c, hold)
+    stop_migration(c)
+    check_stop(c)
+    if case == "retry":
+        c.pending = retry(vm, mode, c.again, c.regions0, c.t_stop)
+        if c.delay is not None:
+            # Due again collapse_delay_ms after the second stop.
+            vm.write_knob("collapse_delay_ms", c.delay)
+    if c.expect["trigger"]:
+        trigger(c)
+    wait_back(c)
+    check_runs(c)
+    run_on(c)
 
 
 def retry(vm, mode, recv, regions0, t_stop):
