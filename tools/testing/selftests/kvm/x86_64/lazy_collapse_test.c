@@ -1647,14 +1647,24 @@ static void test_smm(void)
 
 /*
  * races: each iteration dirties the slot with logging on, checks the dirty
- * log and the memory, stops logging, then does something random while the
- * collapse is pending or running, sometimes with the vCPUs faulting memory
- * back in at the same time.
+ * log and the memory, stops logging, then does one of 8 actions, in turn,
+ * while the collapse is pending (a 1 s delay, or ondemand) or, every other
+ * round of 8, once the worker runs it (collapse_now, collapse_started_slots
+ * seen; a long collapse_pause_pct keeps it running), sometimes with the
+ * vCPUs faulting memory back in at the same time.  Where each action hit the
+ * collapse (pending, running, or already done, as in sync mode, which
+ * action 3 may switch to) is reported.
  */
 static void test_races(void)
 {
+	static const char * const actions[] = {
+		"run", "log again", "collapse_now storm", "mode switches",
+		"move", "delete", "batch changes", "stop while writing",
+	};
+	static const char * const states[] = { "pending", "running", "done" };
 	struct test_vm *t = create_test_vm(race_size);
-	uint64_t stops = 0, iter = 1;
+	int hits[8][3] = { 0 };
+	uint64_t stops = 0, iter = 1, end;
 	bool logging = false;
 	char buf[16];
 	int i, j;
@@ -1665,7 +1675,8 @@ static void test_races(void)
 	check_pass(t, iter, false);
 
 	for (i = 0; i < iterations; i++) {
-		int action = rand() % 8;
+		int action = i % 8, state;
+		bool running = (i / 8) % 2;
 
 		if (!logging) {
 			set_logging(t, 0, true);
@@ -1676,19 +1687,30 @@ static void test_races(void)
 		pass(t, ++iter, GUEST_WRITE);
 		check_pass(t, iter, true);
 
-		snprintf(buf, sizeof(buf), "%u", rand() % 5);
-		vm_set(t->vm, "collapse_delay_ms", buf);
+		vm_set(t->vm, "collapse_delay_ms", "1000");
+		vm_set(t->vm, "collapse_pause_pct", running ? "5000" : "0");
 		set_logging(t, 0, false);
 		logging = false;
 		stops++;
-		pr_debug("races: iteration %d, action %d\n", i, action);
+		if (running) {
+			vm_set(t->vm, "collapse_now", "1");
+			end = now_ns() + 10000000000ULL;
+			while (stat_of(t, "collapse_pending_slots") &&
+			       !stat_of(t, "collapse_started_slots") &&
+			       now_ns() < end)
+				usleep(100);
+		}
+		state = !stat_of(t, "collapse_pending_slots") ? 2 :
+			!!stat_of(t, "collapse_started_slots");
+		hits[action][state]++;
+		pr_debug("races: iteration %d, action %d, %s\n", i, action,
+			 states[state]);
 
 		switch (action) {
 		case 0:	/* let it run, with the guest faulting pages back */
 			pass(t, iter, GUEST_CHECK);
 			break;
 		case 1:	/* re-enable logging at once, maybe mid-collapse */
-			usleep(rand() % 3000);
 			set_logging(t, 0, true);
 			logging = true;
 			/* The ioctl itself drops the pending collapse. */
@@ -1710,14 +1732,12 @@ static void test_races(void)
 			}
 			break;
 		case 4:	/* move the slot away and back: memory must not change */
-			usleep(rand() % 3000);
 			vm_mem_region_move(t->vm, slot_id(0), MOVED_GPA);
 			vm_mem_region_move(t->vm, slot_id(0), TEST_GPA);
 			TEST_ASSERT_EQ(stat_of(t, "collapse_pending_slots"), 0);
 			check_pass(t, iter, false);
 			break;
 		case 5:	/* delete and re-create the slot (fresh memory) */
-			usleep(rand() % 3000);
 			vm_mem_region_delete(t->vm, slot_id(0));
 			TEST_ASSERT_EQ(stat_of(t, "collapse_pending_slots"), 0);
 			add_slot(t, 0, TEST_GPA);
@@ -1748,6 +1768,9 @@ static void test_races(void)
 	TEST_ASSERT_EQ(stat_of(t, "collapse_pending_slots"), 0);
 	ksft_print_msg("races: %lu stops: %lu collapsed, %lu cancelled\n", stops,
 		       stat_of(t, "collapse_runs"), stat_of(t, "collapse_cancelled"));
+	for (i = 0; i < 8; i++)
+		ksft_print_msg("races: %s: %d pending, %d running, %d done\n",
+			       actions[i], hits[i][0], hits[i][1], hits[i][2]);
 	TEST_ASSERT_EQ(stat_of(t, "collapse_runs") + stat_of(t, "collapse_cancelled"),
 		       stops);
 	pass(t, iter, GUEST_CHECK);
@@ -1757,17 +1780,27 @@ static void test_races(void)
 }
 
 /*
- * teardown: destroy VMs with a collapse pending, queued or running, and
- * through a debugfs file that holds the last reference to the VM.
+ * teardown: destroy VMs with a collapse pending (ondemand), queued or
+ * running (the VM's mode, delay 0, collapse_now or not), and through a
+ * debugfs file that holds the last reference to the VM: each action in turn.
+ * The worker and the VM's debugfs directory must be gone after each; how
+ * often the collapse was still pending, running or done at the destruction
+ * is reported.
  */
 static void test_teardown(void)
 {
-	int i;
+	static const char * const names[] = {
+		"ondemand", "the VM's mode", "collapse_now", "debugfs file held",
+	};
+	int i, hits[4][3] = { 0 };
+	struct stat st;
 
 	for (i = 0; i < iterations; i++) {
 		struct test_vm *t = create_test_vm(race_size);
-		int action = rand() % 4, fd = -1;
+		int action = i % 4, fd = -1;
+		char dir[128];
 
+		snprintf(dir, sizeof(dir), "%s", vm_dir(t->vm));
 		vm_set(t->vm, "collapse_batch", "1");
 		vm_set(t->vm, "collapse_delay_ms", "0");
 		if (action == 0)
@@ -1782,6 +1815,8 @@ static void test_teardown(void)
 		if (action == 2)
 			vm_set(t->vm, "collapse_now", "1");
 		usleep(rand() % 3000);
+		hits[action][!stat_of(t, "collapse_pending_slots") ? 2 :
+			     !!stat_of(t, "collapse_started_slots")]++;
 		pr_debug("teardown: iteration %d, action %d\n", i, action);
 		destroy_test_vm(t);
 		if (fd >= 0) {
@@ -1791,7 +1826,12 @@ static void test_teardown(void)
 			close(fd);
 		}
 		TEST_ASSERT_EQ(threads_left("kvm-collapse"), 0);
+		TEST_ASSERT(stat(dir, &st) && errno == ENOENT,
+			    "%s still there after the VM was destroyed", dir);
 	}
+	for (i = 0; i < 4; i++)
+		ksft_print_msg("teardown: %s: %d destroyed pending, %d running, %d done\n",
+			       names[i], hits[i][0], hits[i][1], hits[i][2]);
 }
 
 static const struct {
