@@ -41,12 +41,23 @@ if [ -z "$modes" ]; then
 	if [ -e $param ]; then modes="sync deferred ondemand"; else modes="-"; fi
 fi
 
-# The module parameters as the kernel booted with them, before any test
-# or mode changes them (scripts/tests/lazy_collapse.list checks the defaults).
-if [ -e $param ] && [ ! -e /tmp/kvm-boot-params ]; then
+# kvm.collapse_* (mode delay batch pause): as they are, and set.
+params_now() {
 	d=${param%/*}
-	echo "$(cat "$d/collapse_mode") $(cat "$d/collapse_delay_ms") $(cat "$d/collapse_batch") $(cat "$d/collapse_pause_pct")" \
-		>/tmp/kvm-boot-params
+	echo "$(cat "$d/collapse_mode") $(cat "$d/collapse_delay_ms") $(cat "$d/collapse_batch") $(cat "$d/collapse_pause_pct")"
+}
+params_set() { # mode delay batch pause
+	d=${param%/*}
+	echo "$1" >"$d/collapse_mode" && echo "$2" >"$d/collapse_delay_ms" &&
+		echo "$3" >"$d/collapse_batch" && echo "$4" >"$d/collapse_pause_pct"
+}
+
+# The module parameters as the kernel booted with them, before any test
+# or mode changes them (scripts/tests/lazy_collapse.list checks the
+# defaults); each test must leave them so, but for the mode its result is
+# labelled with.
+if [ -e $param ] && [ ! -e /tmp/kvm-boot-params ]; then
+	params_now >/tmp/kvm-boot-params
 fi
 
 tests=$(cat "$@" | sed -e 's/#.*//' -e '/^[[:space:]]*$/d')
@@ -110,17 +121,6 @@ if [ "$n" = 0 ]; then
 	exit 1
 fi
 
-# kvm.collapse_* as each test must leave them: the mode the results are
-# labelled with, and the boot values of the others.
-params_now() {
-	d=${param%/*}
-	echo "$(cat "$d/collapse_mode") $(cat "$d/collapse_delay_ms") $(cat "$d/collapse_batch") $(cat "$d/collapse_pause_pct")"
-}
-params_set() { # mode delay batch pause
-	d=${param%/*}
-	echo "$1" >"$d/collapse_mode" && echo "$2" >"$d/collapse_delay_ms" &&
-		echo "$3" >"$d/collapse_batch" && echo "$4" >"$d/collapse_pause_pct"
-}
 
 echo "KTAP version 1"
 echo "1..$n"

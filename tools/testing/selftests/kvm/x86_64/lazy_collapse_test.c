@@ -452,6 +452,20 @@ static bool wait_no_pending(struct test_vm *t, int secs)
 	return true;
 }
 
+/*
+ * Wait up to @secs for a pending collapse to start, or for nothing to be
+ * pending any more; returns whether a collapse is under way.
+ */
+static bool wait_started(struct test_vm *t, int secs)
+{
+	uint64_t end = now_ns() + secs * 1000000000ULL;
+
+	while (stat_of(t, "collapse_pending_slots") &&
+	       !stat_of(t, "collapse_started_slots") && now_ns() < end)
+		usleep(100);
+	return stat_of(t, "collapse_started_slots");
+}
+
 static void set_logging(struct test_vm *t, int i, bool on)
 {
 	vm_mem_region_set_flags(t->vm, slot_id(i),
@@ -1481,9 +1495,7 @@ static void test_pace(void)
 	set_logging(t, 0, false);
 	if (mode == KVM_X86_COLLAPSE_ONDEMAND)
 		vm_set(t->vm, "collapse_now", "1");
-	start = now_ns() + 60000000000ULL;
-	while (!stat_of(t, "collapse_started_slots") && now_ns() < start)
-		usleep(1000);
+	TEST_ASSERT(wait_started(t, 60), "The worker did not start in 60 s");
 	TEST_ASSERT_EQ(stat_of(t, "collapse_started_slots"), 1);
 	destroy_test_vm(t);
 	TEST_ASSERT_EQ(threads_left("kvm-collapse"), 0);
@@ -1664,7 +1676,7 @@ static void test_races(void)
 	static const char * const states[] = { "pending", "running", "done" };
 	struct test_vm *t = create_test_vm(race_size);
 	int hits[8][3] = { 0 };
-	uint64_t stops = 0, iter = 1, end;
+	uint64_t stops = 0, iter = 1;
 	bool logging = false;
 	char buf[16];
 	int i, j;
@@ -1694,11 +1706,7 @@ static void test_races(void)
 		stops++;
 		if (running) {
 			vm_set(t->vm, "collapse_now", "1");
-			end = now_ns() + 10000000000ULL;
-			while (stat_of(t, "collapse_pending_slots") &&
-			       !stat_of(t, "collapse_started_slots") &&
-			       now_ns() < end)
-				usleep(100);
+			wait_started(t, 10);
 		}
 		state = !stat_of(t, "collapse_pending_slots") ? 2 :
 			!!stat_of(t, "collapse_started_slots");
