@@ -4,26 +4,26 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 # The stages, in their default order; each is defined here and only here:
-# NAME|CONFIG|THREADS|DEFAULT|BOOT ARGUMENTS|TEST LISTS|DESCRIPTION.
-# THREADS "one": under TCG the VM runs all its vCPUs in one host thread;
-# such stages next to each other are built first, then booted two at a
-# time. DEFAULT "no": run only when asked for (--stage). series (CONFIG -)
-# boots nothing.
+# NAME|CONFIG|DEFAULT|BOOT ARGUMENTS|TEST LISTS|DESCRIPTION.
+# DEFAULT "no": run only when asked for (--stage). series (CONFIG -)
+# boots nothing. The kernels are built first, then the stages are booted
+# two at a time, in this order; under TCG each VM runs all its vCPUs in
+# one host thread (docs/test-bed.md), so two VMs use the two cores.
 STAGES=(
-	'series|-|multi|yes|||checkpatch, patches/ == linux/, every patch builds (check-series.sh)'
-	'tdp|test|multi|yes|hugepagesz=1G hugepages=2|upstream.list lazy_collapse.list|TDP MMU: upstream dirty-log and memslot tests, and ours, in every mode'
-	'debug1g|debug|one|yes|hugepagesz=1G hugepages=2|lazy_collapse_debug_1g.list|KASAN, lockdep, ... (boot.sh adds no5lvl): our 1 GiB tests, in every mode'
-	'debug|debug|one|yes||lazy_collapse_debug.list debug-upstream.list|our tests in every mode, upstream dirty-log and memslot tests'
-	'vmm|test|one|yes||vmm.list upstream-1t.list|a real VMM: Debian QEMU (the host root over 9p) migrates a guest, the migration fails, is cancelled, retried or resumed, over QMP and through libvirt (scripts/vmm/scenario.py), every mode; and the upstream tests that need one TCG thread'
-	'shadow|test|one|yes|kvm.tdp_mmu=N|lazy_collapse_shadow.list|shadow MMU (rmap walk): our tests in every mode'
-	'npt0|test|one|yes|kvm_amd.npt=0 kvm_intel.ept=0|lazy_collapse_shadow.list|shadow paging (the shadow MMU shadows the guest page tables): our tests in every mode'
-	'modules|modules|multi|no|lazy_modules=@MODULES@|modules.list|KVM built as modules (scripts/configs/modules.config, a third cold kernel build), loaded over 9p (scripts/vm/kvm-modules.sh): in every mode'
+	'series|-|yes|||checkpatch, patches/ == linux/, every patch builds (check-series.sh)'
+	'tdp|test|yes|hugepagesz=1G hugepages=2|upstream.list lazy_collapse.list|TDP MMU: upstream dirty-log and memslot tests, and ours, in every mode'
+	'debug1g|debug|yes|hugepagesz=1G hugepages=2|lazy_collapse_debug_1g.list|KASAN, lockdep, ... (boot.sh adds no5lvl): our 1 GiB tests, in every mode'
+	'debug|debug|yes||lazy_collapse_debug.list debug-upstream.list|our tests in every mode, upstream dirty-log and memslot tests'
+	'vmm|test|yes||vmm.list|a real VMM: Debian QEMU (the host root over 9p) migrates a guest, the migration fails, is cancelled, retried or resumed, over QMP and through libvirt (scripts/vmm/scenario.py), every mode'
+	'shadow|test|yes|kvm.tdp_mmu=N|lazy_collapse_shadow.list|shadow MMU (rmap walk): our tests in every mode'
+	'npt0|test|yes|kvm_amd.npt=0 kvm_intel.ept=0|lazy_collapse_shadow.list|shadow paging (the shadow MMU shadows the guest page tables): our tests in every mode'
+	'modules|modules|no|lazy_modules=@MODULES@|modules.list|KVM built as modules (scripts/configs/modules.config, a third cold kernel build), loaded over 9p (scripts/vm/kvm-modules.sh): in every mode'
 )
-declare -A S_CONFIG S_THREADS S_APPEND S_LISTS S_WHAT
+declare -A S_CONFIG S_APPEND S_LISTS S_WHAT
 ALL_STAGES="" KNOWN_STAGES=""
 for row in "${STAGES[@]}"; do
-	IFS='|' read -r name cfg threads dflt append lists what <<<"$row"
-	S_CONFIG[$name]=$cfg S_THREADS[$name]=$threads S_APPEND[$name]=$append
+	IFS='|' read -r name cfg dflt append lists what <<<"$row"
+	S_CONFIG[$name]=$cfg S_APPEND[$name]=$append
 	S_LISTS[$name]=$lists S_WHAT[$name]=$what
 	KNOWN_STAGES+="${KNOWN_STAGES:+ }$name"
 	[ "$dflt" = no ] || ALL_STAGES+="${ALL_STAGES:+ }$name"
@@ -38,15 +38,14 @@ the stages (default: $ALL_STAGES;
 the others only with --stage):
 $(for n in $KNOWN_STAGES; do
 	printf '  %-8s' "$n"
-	{ [ "${S_CONFIG[$n]}" = - ] || printf '[%s kernel%s%s%s] ' "${S_CONFIG[$n]}" \
+	{ [ "${S_CONFIG[$n]}" = - ] || printf '[%s kernel%s%s] ' "${S_CONFIG[$n]}" \
 		"${S_APPEND[$n]:+, booted with ${S_APPEND[$n]}}" \
-		"${S_LISTS[$n]:+; scripts/tests/: ${S_LISTS[$n]}}" \
-		"$([ "${S_THREADS[$n]}" = multi ] || echo "; one TCG thread")"
+		"${S_LISTS[$n]:+; scripts/tests/: ${S_LISTS[$n]}}"
 	  echo "${S_WHAT[$n]}"; } | fold -s -w 68 | sed 's/ *$//; 2,$s/^/          /'
 done)
-Under TCG, stages with one TCG thread (QEMU 7.2's multi-threaded TCG
-corrupts nested guests now and then) that are next to each other in this
-order are built first, then booted two at a time, in that order.
+The kernels are built first; then the stages boot two at a time, in that
+order. Under TCG each VM runs its vCPUs in one host thread: with one thread
+per vCPU QEMU's emulation of nested SVM corrupts guests now and then.
 Every test is a KTAP result; each boot adds one more: the VM exited by
 itself with no kernel splat in its console log. With CI=true a SKIP of one
 of our tests (lazy_collapse_*) counts as a failure.
@@ -209,12 +208,13 @@ boot_stage() { # name config append runner-args...
 		"${@/#/$TOP/scripts/tests/}")
 	args+=(--idle $((tmo + 120)))
 	[ -z "$append" ] || args+=(--append "$append")
-	# QEMU 7.2's multi-threaded TCG breaks the nested QEMU guest of the
-	# vmm stage now and then, on unmodified kernels too (scripts/vmm.sh),
-	# and on the debug kernel it also corrupted the test VM's own kernel
-	# (an Oops in the scheduler, twice, in dirty_log_perf_test). One
-	# thread leaves the other core to a second such stage (run_queue).
-	! one_thread "$name" || args+=(--tcg-thread single)
+	# With one TCG thread per vCPU, QEMU's emulation of nested SVM makes
+	# guests of the test VM triple-fault, hang at the test VM's own VMRUN
+	# return address or lose writes now and then, on unmodified kernels
+	# too, and it corrupted the debug kernel itself twice
+	# (docs/test-bed.md). One thread leaves the other core to a second
+	# stage (run_queue).
+	args+=(--tcg-thread single)
 	local run="./run-tests.sh -m \"$modes\""
 	[ "$name" != modules ] || run="./kvm-modules.sh load && $run"
 	[ -z "$filter" ] || run+=" -f \"$filter\""
@@ -283,8 +283,6 @@ else
 	exit 1
 fi
 
-one_thread() { [ "${S_THREADS[$1]}" = one ]; }
-
 config_of() { echo "${S_CONFIG[$1]}"; }
 
 boot_named() { # stage
@@ -300,7 +298,7 @@ boot_into() { # stage
 	boot_named "$1"
 }
 
-# One-thread stages built and waiting to boot, in stage order.
+# Stages built and waiting to boot, in stage order.
 queue=()
 
 # Boot the queued stages two at a time, each with results of its own,
@@ -346,13 +344,8 @@ for s in "${stages[@]}"; do
 		stage_time series "$t0"
 		;;
 	*)
-		one_thread "$s" || run_queue
 		build_all "$(config_of "$s")" "$s" || continue
-		if one_thread "$s"; then
-			queue+=("$s")
-		else
-			boot_named "$s"
-		fi
+		queue+=("$s")
 		;;
 	esac
 done

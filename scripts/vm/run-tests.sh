@@ -20,6 +20,11 @@
 # selftest guest ever runs: the test hangs. Five seconds before a test's
 # TIMEOUT the kvm_exit tracepoint is sampled; if the test then times out
 # and the sample shows such guest RIPs, it is retried the same way.
+# Either retry is made only if the failed try cannot have reached the
+# series' code: no huge page was split (eager splitting, which enabling
+# dirty logging does on huge-page-backed memory) and no collapse started
+# or ended (cancelled), as a trace instance of this script's own records
+# (logging_watch, logging_began). A failure after that is a failure.
 param=/sys/module/kvm/parameters/collapse_mode
 tcg=0
 grep -qw lazy_tcg=1 /proc/cmdline && tcg=1
@@ -88,6 +93,29 @@ sample_exits() {
 		sort -rn
 }
 
+# The events that show a test's dirty logging began, in a trace instance
+# apart from sample_exits' and from what the tests trace themselves.
+ti=/sys/kernel/debug/tracing/instances/lazy-logging
+logging_watch() {
+	[ "$tcg" = 1 ] || return 0
+	[ -d $ti ] || mkdir $ti 2>/dev/null || return 0
+	echo 0 >$ti/tracing_on
+	echo >$ti/trace
+	for e in kvm_mmu_split_huge_page kvm_mmu_collapse_start \
+		kvm_mmu_collapse_end; do
+		[ ! -e $ti/events/kvmmmu/$e/enable ] ||
+			echo 1 >$ti/events/kvmmmu/$e/enable
+	done
+	echo 1 >$ti/tracing_on
+}
+# True, printing the first such event, if logging may have begun: also
+# when there is no trace instance to prove it did not.
+logging_began() {
+	[ -d $ti ] || { echo "no trace instance: cannot prove it did not"; return 0; }
+	echo 0 >$ti/tracing_on
+	grep -v '^#' $ti/trace | grep -m 1 -o 'kvm_mmu_[a-z_]*:.*'
+}
+
 # A test past its timeout: print what each of its tasks is doing (state and
 # kernel stack), then SIGTERM its process group, and SIGKILL 5 s later.
 kill_test() { # label
@@ -142,6 +170,7 @@ for m in $modes; do
 		while :; do
 			# busybox sh has no PIPESTATUS: the status goes through a file.
 			rm -f /tmp/rc /tmp/exits /tmp/pgid
+			logging_watch
 			# Under TCG, what the guest exits for just before the
 			# timeout; at the timeout, what the test's tasks are doing,
 			# then the test's process group is killed; a test still
@@ -183,6 +212,11 @@ for m in $modes; do
 			fi
 			if [ "$rc" -ge 124 ] && [ -s /tmp/exits ]; then
 				sed 's/^/# exits: /' /tmp/exits | head -n 5
+			fi
+			if [ -n "$why" ] && [ "$rc" != 0 ] && [ "$rc" != 4 ] &&
+				ev=$(logging_began); then
+				echo "# $name$suffix: no retry ($why): dirty logging had begun: $ev"
+				why=""
 			fi
 			if [ "$rc" = 0 ] || [ "$rc" = 4 ] || [ "$try" -ge 3 ] ||
 				[ -z "$why" ]; then
