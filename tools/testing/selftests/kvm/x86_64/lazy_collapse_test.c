@@ -1663,7 +1663,9 @@ static void test_smm(void)
  * while the collapse is pending (a 1 s delay, or ondemand) or, every other
  * round of 8, once the worker runs it (collapse_now, collapse_started_slots
  * seen; a long collapse_pause_pct keeps it running), sometimes with the
- * vCPUs faulting memory back in at the same time.  Where each action hit the
+ * vCPUs faulting memory back in at the same time, and with them writing new
+ * data across the ioctl that stops logging (action 7) and the one that
+ * starts it again (action 1).  Where each action hit the
  * collapse (pending, running, or already done, as in sync mode, which
  * action 3 may switch to) is reported.
  */
@@ -1701,6 +1703,9 @@ static void test_races(void)
 
 		vm_set(t->vm, "collapse_delay_ms", "1000");
 		vm_set(t->vm, "collapse_pause_pct", running ? "5000" : "0");
+		/* Action 7: the vCPUs write new data across the stop. */
+		if (action == 7)
+			pass_start(t, ++iter, GUEST_WRITE);
 		set_logging(t, 0, false);
 		logging = false;
 		stops++;
@@ -1718,11 +1723,14 @@ static void test_races(void)
 		case 0:	/* let it run, with the guest faulting pages back */
 			pass(t, iter, GUEST_CHECK);
 			break;
-		case 1:	/* re-enable logging at once, maybe mid-collapse */
+		case 1:	/* log again at once, the vCPUs writing new data */
+			pass_start(t, ++iter, GUEST_WRITE);
 			set_logging(t, 0, true);
 			logging = true;
 			/* The ioctl itself drops the pending collapse. */
 			TEST_ASSERT_EQ(stat_of(t, "collapse_pending_slots"), 0);
+			pass_wait(t);
+			check_pass(t, iter, false);
 			break;
 		case 2:	/* collapse_now storm, with the guest reading */
 			pass_start(t, iter, GUEST_CHECK);
@@ -1758,9 +1766,10 @@ static void test_races(void)
 				usleep(rand() % 1000);
 			}
 			break;
-		case 7:	/* a stop while the guest is still writing */
-			pass(t, iter, GUEST_WRITE);
+		case 7:	/* the stop came while the guest was writing */
+			pass_wait(t);
 			check_pass(t, iter, false);
+			pass(t, iter, GUEST_CHECK);
 			break;
 		}
 		TEST_ASSERT(stat_of(t, "collapse_pending_slots") <= 1,
