@@ -36,6 +36,7 @@
 #include <linux/bitmap.h>
 
 #include "kvm_util.h"
+#include "lazy_collapse.h"
 #include "processor.h"
 #include "test_util.h"
 #include "ucall_common.h"
@@ -142,7 +143,7 @@ static uint64_t vm_stat(struct bench *b, const char *name)
 {
 	uint64_t v = 0;
 
-	__vm_get_stat(b->vm, name, &v, 1);
+	lc_vm_get_stat(b->vm, name, &v, 1);
 	return v;
 }
 
@@ -223,7 +224,7 @@ static void bench_create(struct bench *b)
 			      TEST_GPA + i * b->pages_per_vcpu * PAGE_SIZE,
 			      b->pages_per_vcpu);
 		b->written[i] = addr_gva2hva(b->vm,
-					     (vm_vaddr_t)&guest_written[i]);
+					     (uintptr_t)&guest_written[i]);
 		b->stats_fds[i] = vcpu_get_stats_fd(b->vcpus[i]);
 	}
 
@@ -382,7 +383,7 @@ static void run(void)
 	pf_back = vcpu_stat_sum(&b, "pf_fixed");
 	flush_back = vm_stat(&b, "remote_tlb_flush_requests");
 
-	WRITE_ONCE(*(bool *)addr_gva2hva(b.vm, (vm_vaddr_t)&guest_stop), true);
+	WRITE_ONCE(*(bool *)addr_gva2hva(b.vm, (uintptr_t)&guest_stop), true);
 	for (i = 0; i < nr_vcpus; i++)
 		pthread_join(b.threads[i], NULL);
 

@@ -62,6 +62,7 @@
 #include <linux/bitmap.h>
 
 #include "kvm_util.h"
+#include "lazy_collapse.h"
 #include "processor.h"
 #include "test_util.h"
 #include "ucall_common.h"
@@ -276,10 +277,7 @@ static void destroy_test_vm(struct test_vm *t)
 	struct hlist_node *node;
 	int bkt;
 
-	if (t->vm->stats_fd) {
-		close(t->vm->stats_fd);
-		t->vm->stats_fd = 0;
-	}
+	lc_vm_close_stats(t->vm);
 	kvm_vm_release(t->vm);
 	hash_for_each_safe(t->vm->regions.slot_hash, bkt, node, region, slot_node)
 		munmap(region->mmap_start, region->mmap_size);
@@ -373,7 +371,7 @@ static uint64_t stat_of(struct test_vm *t, const char *name)
 {
 	uint64_t v = NO_STAT;
 
-	__vm_get_stat(t->vm, name, &v, 1);
+	lc_vm_get_stat(t->vm, name, &v, 1);
 	TEST_ASSERT(v != NO_STAT, "No VM statistic %s", name);
 	return v;
 }
