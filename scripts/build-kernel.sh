@@ -8,7 +8,8 @@ usage() {
 Usage: ${0##*/} [--config NAME] [--vmlinux] [--help]
 
 Build linux/ into build/NAME/ (default NAME: test): 'make tinyconfig', then
-the fragments scripts/configs/test.config (and scripts/configs/NAME.config for another NAME)
+the fragments scripts/configs/test.config (and scripts/configs/NAME.config for another NAME,
+then scripts/configs/linux-MAJOR.MINOR.config for the kernel version if there is one)
 merged with the kernel's scripts/kconfig/merge_config.sh, then bzImage.
 Every option a fragment sets is checked in the final .config (merge_config.sh
 only warns when a dependency drops one). A config with CONFIG_MODULES=y
@@ -34,6 +35,10 @@ done
 [ -d "$LINUX" ] || die "no linux/: run scripts/prepare.sh"
 frags=("$TOP/scripts/configs/test.config")
 [ "$cfg" = test ] || frags+=("$TOP/scripts/configs/$cfg.config")
+# What one kernel version spells differently: linux-MAJOR.MINOR.config, last.
+kv=$(make -s -C "$LINUX" kernelversion | cut -d. -f1-2)
+[ ! -r "$TOP/scripts/configs/linux-$kv.config" ] ||
+	frags+=("$TOP/scripts/configs/linux-$kv.config")
 for f in "${frags[@]}"; do [ -r "$f" ] || die "no fragment $f"; done
 
 out="$BUILD/$cfg"

@@ -28,7 +28,7 @@ file -L "$busybox" | grep -q 'statically linked' || die "$busybox is not static 
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root"/{bin,dev,proc,sys,tmp,lazy/x86_64}
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,lazy}
 cp "$busybox" "$root/bin/busybox"
 cp "$TOP/scripts/vm/init" "$root/init"
 cp "$TOP"/scripts/vm/*.sh "$root/lazy/"
@@ -52,10 +52,14 @@ cp "$BUILD/vmm/guest.elf" "$TOP"/scripts/vmm/{run.sh,scenario.py} "$root/lazy/vm
 bins=()
 while IFS= read -r f; do
 	rel=${f#"$kst"/}
+	mkdir -p "$root/lazy/$(dirname "$rel")"
 	cp "$f" "$root/lazy/$rel"
 	bins+=("$f")
 done < <(find "$kst" -maxdepth 2 -type f -perm -u+x ! -name '*.o' ! -name '*.sh')
 [ "${#bins[@]}" -gt 0 ] || die "no selftest binaries in $kst"
+# Linux 6.13 moved the x86 selftests from x86_64/ to x86/; the lists name
+# x86_64/, which then leads there.
+[ ! -d "$root/lazy/x86" ] || [ -e "$root/lazy/x86_64" ] || ln -s x86 "$root/lazy/x86_64"
 
 # The libraries the binaries need, at the paths the loader looks for them.
 ldd "${bins[@]}" 2>/dev/null | grep -oE '/[^ ]+\.so[^ ]*' | sort -u | while read -r lib; do
