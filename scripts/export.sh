@@ -11,6 +11,7 @@ Write the commits $BASE_TAG..HEAD of linux/ to patches/ as git format-patch
 files, with a plain 'series' file and a cover letter (0000-cover-letter.patch)
 whose text comes from patches/cover-letter.txt (first paragraph: subject)
 and which names the base (base-commit:, and the Debian source version).
+Directories in patches/ (the series for another kernel) are left alone.
   --check   write nothing; exit 1 if patches/ would change.
 USAGE
 }
@@ -77,15 +78,26 @@ if ! mkref | cmp -s - "$REF" 2>/dev/null && [ -f "$LINUX/$DOC" ]; then
 	echo "sysctl-docs/reference.rst: regenerated"
 fi
 
-if diff -r -q "$tmp" "$TOP/patches" >/dev/null 2>&1; then
+# The series for another kernel lives in a directory of patches/ of its
+# own (patches/7.3/): compared and replaced here are the files only.
+patches_files() { find "$1" -maxdepth 1 -type f -printf '%f\n' | LC_ALL=C sort; }
+same() {
+	[ "$(patches_files "$tmp")" = "$(patches_files "$TOP/patches")" ] || return 1
+	local f
+	for f in $(patches_files "$tmp"); do
+		cmp -s "$tmp/$f" "$TOP/patches/$f" || return 1
+	done
+}
+if [ -d "$TOP/patches" ] && same; then
 	echo "patches/ agrees with linux/ ($n patches)"
 	exit 0
 fi
 if [ "$check" = 1 ]; then
-	diff -r -u "$TOP/patches" "$tmp" | head -n 40 >&2 || true
+	diff -u "$TOP/patches" "$tmp" 2>&1 | grep -v '^Common subdirectories\|^Only in .*patches: ' | head -n 40 >&2 || true
 	echo "patches/ differs from linux/: run scripts/export.sh" >&2
 	exit 1
 fi
-rm -rf "$TOP/patches"
-cp -r "$tmp" "$TOP/patches"
+mkdir -p "$TOP/patches"
+find "$TOP/patches" -maxdepth 1 -type f -delete
+cp "$tmp"/* "$TOP/patches/"
 echo "patches/: wrote $n patches"
