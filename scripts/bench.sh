@@ -8,14 +8,18 @@ usage() {
 	cat <<USAGE
 Usage: ${0##*/} [options]
 
-Build the patched kernel and, unless --no-upstream, the unmodified one (the
-'$BASE_TAG' commit of linux/, in build/upstream/) and, unless --no-zap, the
-series that zaps instead of recovering huge pages in place (linux/ with its
-two commits reverted, in build/zap/); boot each in QEMU and run
+For each target (default: "$TARGETS": mainline 7.3, then the 6.12.y
+backport; scripts/lib.sh), build the patched kernel and, unless
+--no-upstream, the unmodified one (the '$BASE_TAG' commit of the target's
+tree, in build/T/upstream/: for 7.3 that is mainline's eager recovery in
+place) and, for 6.12 unless --no-zap, the series that zaps instead of
+recovering huge pages in place (linux-6.12/ with its two commits reverted,
+in build/6.12/zap/); boot each in QEMU and run
 tools/testing/selftests/kvm/x86_64/lazy_collapse_perf_test for every size
 and backing: on the patched kernels in sync, deferred and ondemand mode
 (the zapping ones as zap-sync, ...), on the unmodified one once
-("upstream"). Write under DIR:
+("upstream"); the 6.12 kernels' modes are labelled 6.12-sync, ...,
+6.12-zap-sync, 6.12-upstream. Write under DIR:
   results.md        the table, the goals and a 4 TiB extrapolation
   results.txt       the raw "result" lines; curve-*.dat the pages_2m curves
   stoptime-BACKING.png   stop time (all slots) against size, log-log
@@ -23,6 +27,7 @@ and backing: on the patched kernels in sync, deferred and ondemand mode
   recovery-BACKING-SIZE.png  pages_2m over time from the stop, per mode
 and print results.md.
 
+  --targets "T..."   the kernels (default: "$TARGETS")
   --sizes "S..."     test memory sizes (default: "$SIZES_DEFAULT")
   --backings "B..."  thp and/or hugetlb (2MiB hugetlbfs) (default: "thp hugetlb")
   --vcpus N          vCPUs writing the memory (default: 2)
@@ -30,7 +35,7 @@ and print results.md.
   --delay MS         collapse_delay_ms of the deferred runs (default: 1000)
   --mem SIZE         memory of the QEMU VM (default: 8G)
   --no-upstream      skip the unmodified kernel
-  --no-zap           skip the zapping series
+  --no-zap           skip the zapping series (6.12)
   --qemu             also run the QEMU scenario (scripts/vmm/scenario.py: a
                      live migration of Debian's QEMU that fails, one that
                      is cancelled, one cancelled and retried at once, one
@@ -45,9 +50,10 @@ USAGE
 
 SIZES_DEFAULT="2M 256M 1G 4G"
 sizes=$SIZES_DEFAULT backings="thp hugetlb" vcpus=2 slots=1 delay=1000
-mem=8G upstream=1 zap=1 dir="" qemu=0
+mem=8G upstream=1 zap=1 dir="" qemu=0 targets=$TARGETS
 while [ $# -gt 0 ]; do
 	case "$1" in
+	--targets) targets=${2:?}; shift ;;
 	--sizes) sizes=${2:?}; shift ;;
 	--backings) backings=${2:?}; shift ;;
 	--vcpus) vcpus=${2:?}; shift ;;
@@ -62,6 +68,14 @@ while [ $# -gt 0 ]; do
 	*) usage >&2; exit 2 ;;
 	esac
 	shift
+done
+for t in $targets; do
+	[[ " $TARGETS " == *" $t "* ]] || die "--targets: no target '$t' (targets: $TARGETS)"
+done
+[ -n "${targets// /}" ] || die "--targets: none given"
+for v in LINUX BUILD SRC_TARBALL; do
+	[ "$targets" = "$TARGET" ] || [ -z "${!v:-}" ] ||
+		die "$v is set: with more than one target, each uses its own"
 done
 for b in $backings; do
 	case "$b" in thp | hugetlb) ;; *) die "--backings: '$b' is not thp or hugetlb" ;; esac
@@ -78,15 +92,30 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 ln -sfn "$dir" "$OUT/bench-latest"
 
-[ "$(id -u)" != 0 ] || "$TOP/scripts/install-deps.sh"
-"$TOP/scripts/prepare.sh"
-"$TOP/scripts/build-kernel.sh" --config test >/dev/null
-"$TOP/scripts/build-selftests.sh" >/dev/null
-"$TOP/scripts/mkinitramfs.sh" >/dev/null
+# Run a command, or a function of lib.sh, with target $1's settings.
+# shellcheck disable=SC2016 # expanded by that bash
+in_target() { # target command...
+	local t=$1
+	shift
+	TARGET=$t bash -c '. "$0/scripts/lib.sh"; "$@"' "$TOP" "$@"
+}
+# The same for a line of shell, with lib.sh's functions at hand.
+# shellcheck disable=SC2016 # expanded by that bash
+target_eval() { # target line
+	TARGET=$1 bash -c '. "$0/scripts/lib.sh"; eval "$1"' "$TOP" "$2"
+}
 
-# The unmodified kernel (lib.sh).
-[ "$upstream" = 0 ] || build_upstream >/dev/null
-[ "$zap" = 0 ] || build_zap >/dev/null
+[ "$(id -u)" != 0 ] || "$TOP/scripts/install-deps.sh"
+declare -A KERNEL=()
+for t in $targets; do
+	in_target "$t" "$TOP/scripts/prepare.sh"
+	in_target "$t" "$TOP/scripts/build-kernel.sh" --config test >/dev/null
+	in_target "$t" "$TOP/scripts/build-selftests.sh" >/dev/null
+	in_target "$t" "$TOP/scripts/mkinitramfs.sh" >/dev/null
+	# The unmodified kernel and the zapping series (lib.sh).
+	[ "$upstream" = 0 ] || KERNEL[$t-upstream]=$(in_target "$t" build_upstream | tail -n 1)
+	[ "$zap" = 0 ] || [ "$t" != 6.12 ] || KERNEL[$t-zap]=$(in_target "$t" build_zap | tail -n 1)
+done
 
 # The command run in the VM: every backing, size and mode.
 vm_cmd() { # modes
@@ -119,11 +148,11 @@ vm_cmd() { # modes
 	done
 }
 
-run_kernel() { # name modes [boot.sh options]
-	local name=$1 modes=$2
-	shift 2
+run_kernel() { # target name modes [boot.sh options]
+	local t=$1 name=$1-$2 modes=$3
+	shift 3
 	log "benchmark on the $name kernel: $modes; sizes $sizes; $backings"
-	"$TOP/scripts/boot.sh" --mem "$mem" --smp "$((vcpus + 1))" \
+	TARGET=$t "$TOP/scripts/boot.sh" --mem "$mem" --smp "$((vcpus + 1))" \
 		--timeout 5400 --logdir "$dir/$name" "$@" -- "$(vm_cmd "$modes")" \
 		>"$dir/$name.log" 2>&1 || {
 		tail -n 30 "$dir/$name.log" >&2
@@ -131,20 +160,24 @@ run_kernel() { # name modes [boot.sh options]
 	}
 }
 
-run_kernel patched "sync deferred ondemand"
-[ "$zap" = 0 ] ||
-	run_kernel zap "sync deferred ondemand" --kernel "$BUILD/zap/test/arch/x86/boot/bzImage"
-[ "$upstream" = 0 ] ||
-	run_kernel upstream upstream --kernel "$BUILD/upstream/test/arch/x86/boot/bzImage"
+for t in $targets; do
+	run_kernel "$t" patched "sync deferred ondemand"
+	[ -z "${KERNEL[$t-zap]:-}" ] ||
+		run_kernel "$t" zap "sync deferred ondemand" --kernel "${KERNEL[$t-zap]}"
+	[ -z "${KERNEL[$t-upstream]:-}" ] ||
+		run_kernel "$t" upstream upstream --kernel "${KERNEL[$t-upstream]}"
+done
 
-# The zapping series' runs are told apart by their mode: zap-sync, ...
-for k in patched zap upstream; do
-	[ -f "$dir/$k/output.log" ] || continue
-	if [ "$k" = zap ]; then
-		sed -E 's/^((qemu-)?result|curve) mode=/\1 mode=zap-/' "$dir/$k/output.log"
-	else
-		cat "$dir/$k/output.log"
-	fi
+# The runs are told apart by their mode: the zapping series' zap-sync,
+# ..., and the backport's 6.12-sync, ..., 6.12-zap-sync, 6.12-upstream.
+for t in $targets; do
+	for k in patched zap upstream; do
+		[ -f "$dir/$t-$k/output.log" ] || continue
+		p=""
+		[ "$t" = "$PRIMARY" ] || p="$t-"
+		[ "$k" != zap ] || p="${p}zap-"
+		sed -E "s/^((qemu-)?result|curve) mode=/\\1 mode=$p/" "$dir/$t-$k/output.log"
+	done
 done >"$dir/all-output.log"
 grep -hE '^(qemu-)?result ' "$dir/all-output.log" >"$dir/results.txt" || true
 grep -h '^curve ' "$dir/all-output.log" >"$dir/curves.txt" || true
@@ -152,10 +185,13 @@ grep -h '^curve ' "$dir/all-output.log" >"$dir/curves.txt" || true
 {
 	c=$(git -C "$TOP" rev-parse --short HEAD)
 	git -C "$TOP" diff --quiet HEAD -- patches tools scripts || c+=" with uncommitted changes"
-	echo "- commit: $c; linux/ at $(git -C "$LINUX" log -1 --format='%h (%s)')"
-	echo "- kernel source: $(source_version) (Debian linux-source-6.12)"
+	echo "- commit: $c"
+	for t in $targets; do
+		# shellcheck disable=SC2016 # expanded by that bash
+		target_eval "$t" 'echo "- $TARGET: $(tree_name) at $(git -C "$LINUX" log -1 --format="%h (%s)"), Debian $SRC_PKG $(source_version)"'
+	done
 	echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(free -g | awk '/^Mem:/ { print $2 }') GiB"
-	echo "- test VM: $(grep -m1 -o -- '-accel [^)]*' "$dir/patched.log" || echo unknown), $((vcpus + 1)) vCPUs, $mem"
+	echo "- test VM: $(grep -m1 -ho -- '-accel [^)]*' "$dir"/*-patched.log || echo unknown), $((vcpus + 1)) vCPUs, $mem"
 	echo "- date: $(date -u +%Y-%m-%d)"
 } >"$dir/meta.txt"
 python3 "$TOP/scripts/bench-report.py" "$dir" "$delay"

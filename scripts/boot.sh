@@ -7,7 +7,8 @@ usage() {
 	cat <<USAGE
 Usage: ${0##*/} [options] -- COMMAND...
 
-Boot build/CONFIG/arch/x86/boot/bzImage with build/initramfs.cpio.gz in
+Boot build/TARGET/CONFIG/arch/x86/boot/bzImage with build/TARGET/initramfs.cpio.gz
+(TARGET: scripts/lib.sh, default 7.3) in
 QEMU (-accel kvm -cpu host where /dev/kvm works, else TCG with -cpu max,
 which emulates AMD SVM with nested paging), run COMMAND with sh in /lazy
 inside the VM, and exit with its status.
@@ -25,7 +26,8 @@ stalls, panics.
   --config NAME    kernel build to boot (default: test)
   --kernel FILE    bzImage to boot instead
   --append ARGS    extra kernel command line (e.g. kvm.tdp_mmu=N); a kernel
-                   built with KASAN also gets no5lvl (see below)
+                   built with KASAN, and every 7.3 kernel, also gets no5lvl
+                   (see below)
   --logdir DIR     where the logs go (default: out/boot-<time>)
   --timeout SECS   wall-clock limit (default: 1800)
   --idle SECS      a hang: no new output from the command for SECS (default:
@@ -115,6 +117,10 @@ cat "$initrd" "$work/cmd.cpio.gz" >"$work/initrd"
 if grep -qx 'CONFIG_KASAN=y' "$(dirname "$kernel")/../../../.config" 2>/dev/null; then
 	append="no5lvl $append"
 fi
+# What the target's kernel always needs here (scripts/lib.sh: 7.3's
+# selftest guests and 5-level paging).
+[ -z "$BOOT_APPEND" ] || [[ " $append " == *" $BOOT_APPEND "* ]] ||
+	append="$BOOT_APPEND $append"
 
 if [ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo; then
 	accel=(-accel kvm -cpu host)

@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
 	shift
 done
 
-[ -d "$LINUX" ] || die "no linux/: run scripts/prepare.sh"
+[ -d "$LINUX" ] || die "no $(tree_name): run TARGET=$TARGET scripts/prepare.sh"
 frags=("$TOP/scripts/configs/test.config")
 [ "$cfg" = test ] || frags+=("$TOP/scripts/configs/$cfg.config")
 # What one kernel version spells differently: linux-MAJOR.MINOR.config, last.

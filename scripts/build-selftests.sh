@@ -22,7 +22,7 @@ case "${1:-}" in
 *) usage >&2; exit 2 ;;
 esac
 
-[ -d "$LINUX" ] || die "no linux/: run scripts/prepare.sh"
+[ -d "$LINUX" ] || die "no $(tree_name): run TARGET=$TARGET scripts/prepare.sh"
 "$TOP/scripts/sync-selftests.sh" --check >&2 ||
 	die "linux/ does not hold the selftests of $(basename "$TOP")/tools/testing/selftests/kvm: run ./run sync"
 

@@ -5,14 +5,14 @@ set -euo pipefail
 
 usage() {
 	cat <<USAGE
-Usage: ${0##*/} [--no-build] [--config NAME] [--help]
+Usage: [TARGET=T] ${0##*/} [--no-build] [--config NAME] [--help]
 
 Print KTAP results for:
-  - scripts/checkpatch.pl --strict on every patch of patches/series
+  - scripts/checkpatch.pl --strict on every patch of patches/T/series
     (0 errors, 0 warnings, 0 checks; FILE_PATH_CHANGES is ignored: it only
     asks whether MAINTAINERS needs updating for a new file, and
     arch/x86/kvm/ and tools/testing/selftests/kvm/ are covered there);
-  - scripts/export.sh --check (patches/ is what linux/ exports);
+  - scripts/export.sh --check (patches/T/ is what the tree exports);
   - unless --no-build, a build (to vmlinux) of every commit of the series
     in turn (config NAME, default test, KVM_WERROR=y), ending at HEAD; a
     commit that only changes Documentation/ or tools/testing/selftests/
@@ -31,9 +31,9 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
-[ -d "$LINUX/.git" ] || die "no linux/: run scripts/prepare.sh"
+[ -d "$LINUX/.git" ] || die "no $(tree_name): run TARGET=$TARGET scripts/prepare.sh"
 
-mapfile -t patches < <(grep -v -e '^#' -e '^$' "$TOP/patches/series")
+mapfile -t patches < <(grep -v -e '^#' -e '^$' "$PATCHES/series")
 mapfile -t commits < <(git -C "$LINUX" rev-list --reverse "$BASE_TAG"..HEAD)
 n=$(( ${#patches[@]} + 1 ))
 [ "$build" = 0 ] || n=$(( n + ${#commits[@]} ))
@@ -48,7 +48,7 @@ result() { # status name
 # spdxcheck.py wants Debian's python3 (python3-ply), not another python3.
 for p in "${patches[@]}"; do
 	out=$(cd "$LINUX" && PATH=/usr/bin:$PATH ./scripts/checkpatch.pl --strict \
-		--ignore FILE_PATH_CHANGES "$TOP/patches/$p" 2>&1) && rc=0 || rc=1
+		--ignore FILE_PATH_CHANGES "$PATCHES/$p" 2>&1) && rc=0 || rc=1
 	if ! grep -q '^total: 0 errors, 0 warnings, 0 checks' <<<"$out"; then
 		rc=1
 	fi
@@ -58,7 +58,7 @@ done
 
 if out=$("$TOP/scripts/export.sh" --check 2>&1); then rc=0; else rc=1; fi
 printf '%s\n' "$out" | sed 's/^/# /'
-result "$rc" "patches/ agrees with linux/"
+result "$rc" "${PATCHES#"$TOP"/}/ agrees with $(tree_name)"
 
 if [ "$build" = 1 ]; then
 	[ -z "$(git -C "$LINUX" status --porcelain --untracked-files=no)" ] ||

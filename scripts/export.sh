@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Regenerate patches/ from linux/.
+# Regenerate a target's patches/ directory from its kernel tree.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
 	cat <<USAGE
-Usage: ${0##*/} [--check] [--help]
+Usage: [TARGET=T] ${0##*/} [--check] [--help]
 
-Write the commits $BASE_TAG..HEAD of linux/ to patches/ as git format-patch
-files, with a plain 'series' file and a cover letter (0000-cover-letter.patch)
-whose text comes from patches/cover-letter.txt (first paragraph: subject)
-and which names the base (base-commit:, and the Debian source version).
-Directories in patches/ (the series for another kernel) are left alone.
-  --check   write nothing; exit 1 if patches/ would change.
+Write the commits $BASE_TAG..HEAD of target T's tree (7.3: linux/, 6.12:
+linux-6.12/; default $PRIMARY) to patches/T/ as git format-patch files
+("[$SUBJECT_PREFIX]" for $TARGET), with a plain 'series' file and a cover
+letter (0000-cover-letter.patch) whose text comes from
+patches/T/cover-letter.txt (first paragraph: subject) and which names the
+base (base-commit:, and the Debian source version). For the primary target
+($PRIMARY) also regenerate sysctl-docs/reference.rst from the series' kernel
+doc.
+  --check   write nothing; exit 1 if patches/T/ (or reference.rst) would
+            change.
 USAGE
 }
 
@@ -24,19 +28,19 @@ case "${1:-}" in
 *) usage >&2; exit 2 ;;
 esac
 
-[ -d "$LINUX/.git" ] || die "no linux/: run scripts/prepare.sh"
+[ -d "$LINUX/.git" ] || die "no $(tree_name): run TARGET=$TARGET scripts/prepare.sh"
 cd "$LINUX"
 [ -z "$(git status --porcelain --untracked-files=no)" ] ||
-	die "linux/ has uncommitted changes; commit them first"
+	die "$(tree_name) has uncommitted changes; commit them first"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 n=$(git rev-list --count "$BASE_TAG"..HEAD)
 if [ "$n" -gt 0 ]; then
 	cover=()
-	if [ -s "$TOP/patches/cover-letter.txt" ]; then
+	if [ -s "$PATCHES/cover-letter.txt" ]; then
 		git config branch."$(git branch --show-current)".description \
-			"$(cat "$TOP/patches/cover-letter.txt")"
+			"$(cat "$PATCHES/cover-letter.txt")"
 		cover=(--cover-letter --cover-from-description=subject)
 	fi
 	# --zero-commit and a fixed date keep the output independent of when
@@ -44,7 +48,7 @@ if [ "$n" -gt 0 ]; then
 	# byte-for-byte the same.
 	GIT_COMMITTER_DATE="2000-01-01T00:00:00Z" \
 		git -c core.abbrev=12 format-patch -q --zero-commit --base="$BASE_TAG" "${cover[@]}" \
-		--subject-prefix=PATCH -o "$tmp" "$BASE_TAG"..HEAD
+		--subject-prefix="$SUBJECT_PREFIX" -o "$tmp" "$BASE_TAG"..HEAD
 	if [ -f "$tmp/0000-cover-letter.patch" ]; then
 		sed -i -e '/^Date: /d' -e "s|^base-commit: .*|Base: $(git log -1 --format=%s "$BASE_TAG")\n&|" \
 			"$tmp/0000-cover-letter.patch"
@@ -56,9 +60,10 @@ for p in "$tmp"/[0-9][0-9][0-9][0-9]-*.patch; do
 	case "${p##*/}" in 0000-cover-letter.patch) continue ;; esac
 	echo "${p##*/}" >>"$tmp/series"
 done
-[ ! -s "$TOP/patches/cover-letter.txt" ] || cp "$TOP/patches/cover-letter.txt" "$tmp/"
+[ ! -s "$PATCHES/cover-letter.txt" ] || cp "$PATCHES/cover-letter.txt" "$tmp/"
 
-# The operator docs carry a generated copy of the kernel's reference page.
+# The operator docs carry a generated copy of the primary target's
+# reference page.
 DOC=Documentation/virt/kvm/x86/lazy-collapse.rst
 REF="$TOP/sysctl-docs/reference.rst"
 mkref() {
@@ -69,35 +74,27 @@ mkref() {
 .. edit that file in linux/ and export, never this one.' "$LINUX/$DOC"
 	fi
 }
-if ! mkref | cmp -s - "$REF" 2>/dev/null && [ -f "$LINUX/$DOC" ]; then
+if [ "$TARGET" = "$PRIMARY" ] && [ -f "$LINUX/$DOC" ] &&
+	! mkref | cmp -s - "$REF" 2>/dev/null; then
 	if [ "$check" = 1 ]; then
-		echo "sysctl-docs/reference.rst differs from linux/$DOC: run scripts/export.sh" >&2
+		echo "sysctl-docs/reference.rst differs from $(tree_name)$DOC: run scripts/export.sh" >&2
 		exit 1
 	fi
 	mkref >"$REF"
 	echo "sysctl-docs/reference.rst: regenerated"
 fi
 
-# The series for another kernel lives in a directory of patches/ of its
-# own (patches/7.3/): compared and replaced here are the files only.
-patches_files() { find "$1" -maxdepth 1 -type f -printf '%f\n' | LC_ALL=C sort; }
-same() {
-	[ "$(patches_files "$tmp")" = "$(patches_files "$TOP/patches")" ] || return 1
-	local f
-	for f in $(patches_files "$tmp"); do
-		cmp -s "$tmp/$f" "$TOP/patches/$f" || return 1
-	done
-}
-if [ -d "$TOP/patches" ] && same; then
-	echo "patches/ agrees with linux/ ($n patches)"
+rel=${PATCHES#"$TOP"/}
+if diff -r -q "$PATCHES" "$tmp" >/dev/null 2>&1; then
+	echo "$rel/ agrees with $(tree_name) ($n patches)"
 	exit 0
 fi
 if [ "$check" = 1 ]; then
-	diff -u "$TOP/patches" "$tmp" 2>&1 | grep -v '^Common subdirectories\|^Only in .*patches: ' | head -n 40 >&2 || true
-	echo "patches/ differs from linux/: run scripts/export.sh" >&2
+	diff -ru "$PATCHES" "$tmp" 2>&1 | head -n 40 >&2 || true
+	echo "$rel/ differs from $(tree_name): run TARGET=$TARGET scripts/export.sh" >&2
 	exit 1
 fi
-mkdir -p "$TOP/patches"
-find "$TOP/patches" -maxdepth 1 -type f -delete
-cp "$tmp"/* "$TOP/patches/"
-echo "patches/: wrote $n patches"
+rm -rf "$PATCHES"
+mkdir -p "$PATCHES"
+cp "$tmp"/* "$PATCHES/"
+echo "$rel/: wrote $n patches"

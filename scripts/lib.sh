@@ -1,11 +1,45 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # the variables are for the scripts that source it
 # Common settings for the scripts in this directory; sourced, never run.
 
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-LINUX="${LINUX:-$TOP/linux}"
-BUILD="${BUILD:-$TOP/build}"
 OUT="${OUT:-$TOP/out}"
-SRC_TARBALL="${SRC_TARBALL:-/usr/src/linux-source-6.12.tar.xz}"
+
+# The kernels the series is for, the primary target first: mainline (Linux
+# 7.3, from Debian's linux-source-7.3) and the 6.12.y LTS backport (Debian
+# 12's linux-source-6.12). TARGET picks one (default: the primary); LINUX,
+# BUILD and SRC_TARBALL, when set, override that target's.
+TARGETS="7.3 6.12"
+PRIMARY=7.3
+TARGET="${TARGET:-$PRIMARY}"
+case "$TARGET" in
+7.3)
+	LINUX="${LINUX:-$TOP/linux}"
+	# Debian 13's backports suite, read by scripts/get-source.sh into
+	# build/src/ without installing anything (Architecture: all).
+	SRC_SUITE=trixie-backports
+	SRC_TARBALL="${SRC_TARBALL:-$TOP/build/src/usr/src/linux-source-7.3.tar.xz}"
+	SUBJECT_PREFIX="RFC PATCH"
+	# Its selftest guests use 5-level paging when the CPU offers it, and
+	# under QEMU 7.2's emulated SVM such guests triple-fault at once.
+	BOOT_APPEND=no5lvl
+	;;
+6.12)
+	LINUX="${LINUX:-$TOP/linux-6.12}"
+	SRC_SUITE=""
+	SRC_TARBALL="${SRC_TARBALL:-/usr/src/linux-source-6.12.tar.xz}"
+	SUBJECT_PREFIX="PATCH"
+	BOOT_APPEND=""
+	;;
+*)
+	echo "${0##*/}: TARGET=$TARGET: no such target (targets: $TARGETS)" >&2
+	exit 2
+	;;
+esac
+export TARGET
+SRC_PKG=linux-source-$TARGET
+BUILD="${BUILD:-$TOP/build/$TARGET}"
+PATCHES="$TOP/patches/$TARGET"
 JOBS="${JOBS:-$(nproc)}"
 # A one-shot run on a fresh machine (CI) cannot hit in an empty ccache and
 # pays for every miss: ccache runs the preprocessor as well as the compiler,
@@ -31,7 +65,16 @@ log() {
 
 # Version of the Debian source package the tree was made from.
 source_version() {
-	dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null || echo unknown
+	if [ -n "$SRC_SUITE" ]; then
+		cat "$TOP/build/src/$SRC_PKG.version" 2>/dev/null || echo unknown
+	else
+		dpkg-query -W -f='${Version}' "$SRC_PKG" 2>/dev/null || echo unknown
+	fi
+}
+
+# "linux/" or "linux-6.12/", for messages.
+tree_name() {
+	case "$LINUX" in "$TOP"/*) echo "${LINUX#"$TOP"/}/" ;; *) echo "$LINUX" ;; esac
 }
 
 # The unmodified kernel: the base commit of linux/, checked out beside it

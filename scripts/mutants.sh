@@ -70,10 +70,11 @@ mutant ioctl-arg x86.c 'ondemand' lazy_collapse.list '' \
 mutant rmap-sptes mmu/mmu.c 'deferred' lazy_collapse_shadow.list 'kvm.tdp_mmu=N' \
 	'lazy_collapse_(restore_thp|resume)' \
 	'/^static bool kvm_mmu_zap_collapsible_spte/,/^}/s/^\t\tif (region != \*last_region) {$/\t\tif (1) {/'
-# The TDP MMU zaps instead of recovering huge pages in place.
+# The TDP MMU zaps instead of recovering huge pages in place (6.12's
+# line, then 7.3's: one of them is there).
 mutant zap mmu/tdp_mmu.c 'sync deferred' lazy_collapse.list '' \
 	'lazy_collapse_inplace_(thp|hugetlb_1g)' \
-	's/^\t\tnew_spte = r ? SHADOW_NONPRESENT_VALUE : huge_spte;$/\t\tnew_spte = SHADOW_NONPRESENT_VALUE;/'
+	's/^\t\tnew_spte = r ? SHADOW_NONPRESENT_VALUE : huge_spte;$/\t\tnew_spte = SHADOW_NONPRESENT_VALUE;/; s/^\t\tif (tdp_mmu_set_spte_atomic(kvm, \&iter, huge_spte))$/\t\tif (tdp_mmu_set_spte_atomic(kvm, \&iter, SHADOW_NONPRESENT_VALUE))/'
 # One remote TLB flush per region recovered, not one per walk.
 mutant flush-each mmu/tdp_mmu.c 'sync deferred' lazy_collapse.list '' \
 	'lazy_collapse_inplace_thp' \
@@ -89,11 +90,12 @@ mutant no-pause mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
 
 usage() {
 	cat <<USAGE
-Usage: ${0##*/} [NAME...] [--help]
+Usage: [TARGET=T] ${0##*/} [NAME...] [--help]
 
-Boots the test kernel with one deliberate bug (an edit of exactly one line
-under linux/arch/x86/kvm/, rebuilt, restored and rebuilt at the end; linux/
-must be clean) and runs, in the modes the bug is about, the tests of our
+Boots the test kernel of target T (7.3, the default, tree linux/; 6.12,
+linux-6.12/) with one deliberate bug (an edit of exactly one line under
+arch/x86/kvm/ of the tree, rebuilt, restored and rebuilt at the end; the
+tree must be clean) and runs, in the modes the bug is about, the tests of our
 lists that must catch it; "unpatched" boots the unmodified kernel (built as
 scripts/bench.sh does), on which each of our tests must skip or fail.
 Prints, per kernel, which tests failed and the first reason each gave, and
@@ -122,7 +124,7 @@ done
 
 [ "$(id -u)" != 0 ] || "$TOP/scripts/install-deps.sh"
 "$TOP/scripts/prepare.sh" >/dev/null
-git -C "$LINUX" diff --quiet HEAD || die "linux/ has uncommitted changes"
+git -C "$LINUX" diff --quiet HEAD || die "$(tree_name) has uncommitted changes"
 res="$OUT/mutants-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$res"
 "$TOP/scripts/build-kernel.sh" >/dev/null

@@ -32,7 +32,7 @@ case "${1:-}" in
 *) usage >&2; exit 2 ;;
 esac
 
-[ -d "$LINUX/.git" ] || die "no linux/: run scripts/prepare.sh"
+[ -d "$LINUX/.git" ] || die "no $(tree_name): run TARGET=$TARGET scripts/prepare.sh"
 [ -d "$TOP/$KSFT" ] || exit 0
 
 # Where the kernel keeps its x86 selftests: Linux 6.13 moved them from

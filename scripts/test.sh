@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
 # The test command: build everything, boot, run all suites, count results.
 set -euo pipefail
+# Every target is built and booted from its own tree and build directory.
+for v in LINUX BUILD SRC_TARBALL; do
+	[ -z "${!v:-}" ] || { echo "${0##*/}: $v is set; unset it: every target uses its own" >&2; exit 2; }
+done
 . "$(dirname "$0")/lib.sh"
 
 # The stages, in their default order; each is defined here and only here:
-# NAME|CONFIG|DEFAULT|BOOT ARGUMENTS|TEST LISTS|DESCRIPTION.
-# DEFAULT "no": run only when asked for (--stage). series (CONFIG -)
-# boots nothing. The kernels are built first, then the stages are booted
-# two at a time, in this order; under TCG each VM runs all its vCPUs in
-# one host thread (docs/test-bed.md), so two VMs use the two cores.
+# NAME|TARGET|CONFIG|DEFAULT|BOOT ARGUMENTS|TEST LISTS|DESCRIPTION.
+# TARGET: the kernel (scripts/lib.sh): the full matrix runs on the primary
+# target, mainline 7.3; the 6.12.y backport gets its series checked and our
+# tests run on the TDP MMU. DEFAULT "no": run only when asked for
+# (--stage). A series stage (CONFIG -) boots nothing. The series are
+# checked first, the kernels built next, then the stages are booted two at
+# a time, in this order (the longest first); under TCG each VM runs all
+# its vCPUs in one host thread (docs/test-bed.md), so two VMs use the two
+# cores.
 STAGES=(
-	'series|-|yes|||checkpatch, patches/ == linux/, every patch builds (check-series.sh)'
-	'tdp|test|yes|hugepagesz=1G hugepages=2|upstream.list lazy_collapse.list|TDP MMU: upstream dirty-log and memslot tests, and ours, in every mode'
-	'debug1g|debug|yes|hugepagesz=1G hugepages=2|lazy_collapse_debug_1g.list|KASAN, lockdep, ... (boot.sh adds no5lvl): our 1 GiB tests, in every mode'
-	'debug|debug|yes||lazy_collapse_debug.list debug-upstream.list|our tests in every mode, upstream dirty-log and memslot tests'
-	'vmm|test|yes||vmm.list|a real VMM: Debian QEMU (the host root over 9p) migrates a guest, the migration fails, is cancelled, retried or resumed, over QMP and through libvirt (scripts/vmm/scenario.py), every mode'
-	'shadow|test|yes|kvm.tdp_mmu=N|lazy_collapse_shadow.list|shadow MMU (rmap walk): our tests in every mode'
-	'npt0|test|yes|kvm_amd.npt=0 kvm_intel.ept=0|lazy_collapse_shadow.list|shadow paging (the shadow MMU shadows the guest page tables): our tests in every mode'
-	'modules|modules|no|lazy_modules=@MODULES@|modules.list|KVM built as modules (scripts/configs/modules.config, a third cold kernel build), loaded over 9p (scripts/vm/kvm-modules.sh): in every mode'
+	'series|7.3|-|yes|||checkpatch, patches/7.3/ == linux/, every patch builds (check-series.sh)'
+	'series-6.12|6.12|-|yes|||checkpatch, patches/6.12/ == linux-6.12/, every patch builds'
+	'tdp|7.3|test|yes|hugepagesz=1G hugepages=2|upstream.list lazy_collapse.list|TDP MMU: upstream dirty-log and memslot tests, and ours, in every mode'
+	'debug|7.3|debug|yes||lazy_collapse_debug.list debug-upstream.list|KASAN, lockdep, ... (boot.sh adds no5lvl): our tests in every mode, upstream dirty-log and memslot tests'
+	'tdp-6.12|6.12|test|yes|hugepagesz=1G hugepages=2|lazy_collapse.list|6.12.y, TDP MMU: our tests in every mode'
+	'vmm|7.3|test|yes||vmm.list|a real VMM: Debian QEMU (the host root over 9p) migrates a guest, the migration fails, is cancelled, retried or resumed, over QMP and through libvirt (scripts/vmm/scenario.py), every mode'
+	'debug1g|7.3|debug|yes|hugepagesz=1G hugepages=2|lazy_collapse_debug_1g.list|debug kernel: our 1 GiB tests, in every mode'
+	'shadow|7.3|test|yes|kvm.tdp_mmu=N|lazy_collapse_shadow.list|shadow MMU (rmap walk): our tests in every mode'
+	'npt0|7.3|test|yes|kvm_amd.npt=0 kvm_intel.ept=0|lazy_collapse_shadow.list|shadow paging (the shadow MMU shadows the guest page tables): our tests in every mode'
+	'modules|7.3|modules|no|lazy_modules=@MODULES@|modules.list|KVM built as modules (scripts/configs/modules.config, another cold kernel build), loaded over 9p (scripts/vm/kvm-modules.sh): in every mode'
 )
-declare -A S_CONFIG S_APPEND S_LISTS S_WHAT
+declare -A S_TARGET S_CONFIG S_APPEND S_LISTS S_WHAT
 ALL_STAGES="" KNOWN_STAGES=""
 for row in "${STAGES[@]}"; do
-	IFS='|' read -r name cfg dflt append lists what <<<"$row"
-	S_CONFIG[$name]=$cfg S_APPEND[$name]=$append
+	IFS='|' read -r name tgt cfg dflt append lists what <<<"$row"
+	S_TARGET[$name]=$tgt S_CONFIG[$name]=$cfg S_APPEND[$name]=$append
 	S_LISTS[$name]=$lists S_WHAT[$name]=$what
 	KNOWN_STAGES+="${KNOWN_STAGES:+ }$name"
 	[ "$dflt" = no ] || ALL_STAGES+="${ALL_STAGES:+ }$name"
@@ -31,24 +41,27 @@ done
 
 usage() {
 	cat <<USAGE
-Usage: ${0##*/} [--stage NAME]... [--modes "MODES"] [--filter REGEX] [--help]
+Usage: ${0##*/} [--stage NAME]... [--target T] [--modes "MODES"] [--filter REGEX] [--help]
 
-Install missing dependencies, prepare linux/ (scripts/prepare.sh), then run
-the stages (default: $ALL_STAGES;
+Install missing dependencies, prepare the kernel tree of each target the
+stages need (scripts/prepare.sh: linux/ for 7.3, linux-6.12/ for 6.12), then
+run the stages (default: $ALL_STAGES;
 the others only with --stage):
 $(for n in $KNOWN_STAGES; do
-	printf '  %-8s' "$n"
-	{ [ "${S_CONFIG[$n]}" = - ] || printf '[%s kernel%s%s] ' "${S_CONFIG[$n]}" \
+	printf '  %-12s' "$n"
+	{ [ "${S_CONFIG[$n]}" = - ] || printf '[%s %s kernel%s%s] ' "${S_TARGET[$n]}" "${S_CONFIG[$n]}" \
 		"${S_APPEND[$n]:+, booted with ${S_APPEND[$n]}}" \
 		"${S_LISTS[$n]:+; scripts/tests/: ${S_LISTS[$n]}}"
-	  echo "${S_WHAT[$n]}"; } | fold -s -w 68 | sed 's/ *$//; 2,$s/^/          /'
+	  echo "${S_WHAT[$n]}"; } | fold -s -w 64 | sed 's/ *$//; 2,$s/^/              /'
 done)
-The kernels are built first; then the stages boot two at a time, in that
+The series are checked first, the kernels built next; then the stages boot
+two at a time, in that
 order. Under TCG each VM runs its vCPUs in one host thread: with one thread
 per vCPU QEMU's emulation of nested SVM corrupts guests now and then.
 Every test is a KTAP result; each boot adds one more: the VM exited by
 itself with no kernel splat in its console log. With CI=true a SKIP of one
 of our tests (lazy_collapse_*) counts as a failure.
+  --target  only the stages of target T (7.3 or 6.12; with --stage: of those)
   --modes   collapse modes to run (default: "sync deferred ondemand")
   --filter  only the tests whose name matches this grep -E regex
 Logs and results go to out/test-<time>/ (out/latest links to it). The last
@@ -57,10 +70,11 @@ test failed.
 USAGE
 }
 
-stages=() modes="sync deferred ondemand" filter=""
+stages=() modes="sync deferred ondemand" filter="" only_target=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--stage) stages+=("${2:?}"); shift ;;
+	--target) only_target=${2:?}; shift ;;
 	--modes) modes=${2:?}; shift ;;
 	--filter) filter=${2:?}; shift ;;
 	-h | --help) usage; exit 0 ;;
@@ -74,6 +88,16 @@ for s in "${stages[@]}"; do
 	[[ " $KNOWN_STAGES " == *" $s "* ]] ||
 		die "--stage $s: no such stage (stages: $KNOWN_STAGES)"
 done
+if [ -n "$only_target" ]; then
+	[[ " $TARGETS " == *" $only_target "* ]] ||
+		die "--target $only_target: no such target (targets: $TARGETS)"
+	kept=()
+	for s in "${stages[@]}"; do
+		[ "${S_TARGET[$s]}" != "$only_target" ] || kept+=("$s")
+	done
+	[ "${#kept[@]}" -gt 0 ] || die "--target $only_target: none of the stages is for it"
+	stages=("${kept[@]}")
+fi
 for m in $modes; do
 	case "$m" in sync | deferred | ondemand) ;; *) die "--modes: no mode '$m'" ;; esac
 done
@@ -237,17 +261,17 @@ boot_stage() { # name config append runner-args...
 }
 
 # Build a kernel, the selftests and the initramfs; a failure is a result.
-build_all() { # config stage
-	local t0
+build_all() { # config stage (TARGET: the stage's)
+	local t0 log=$res/build-$TARGET-$1.log
 	t0=$(date +%s)
-	if "$TOP/scripts/build-kernel.sh" --config "$1" >"$res/build-$1.log" 2>&1 &&
-		"$TOP/scripts/build-selftests.sh" >>"$res/build-$1.log" 2>&1 &&
-		"$TOP/scripts/mkinitramfs.sh" >>"$res/build-$1.log" 2>&1; then
-		record ok "$2: build $1 kernel, selftests, initramfs"
+	if "$TOP/scripts/build-kernel.sh" --config "$1" >"$log" 2>&1 &&
+		"$TOP/scripts/build-selftests.sh" >>"$log" 2>&1 &&
+		"$TOP/scripts/mkinitramfs.sh" >>"$log" 2>&1; then
+		record ok "$2: build $TARGET $1 kernel, selftests, initramfs"
 		stage_time "build for $2" "$t0"
 	else
-		tail -n 30 "$res/build-$1.log" >&2
-		record fail "$2: build $1 kernel, selftests, initramfs"
+		tail -n 30 "$log" >&2
+		record fail "$2: build $TARGET $1 kernel, selftests, initramfs"
 		return 1
 	fi
 }
@@ -273,22 +297,36 @@ summary() {
 	[ "$failn" = 0 ]
 }
 
-if "$TOP/scripts/prepare.sh" >"$res/prepare.log" 2>&1; then
-	tail -n 1 "$res/prepare.log" | tee "$res/source-version"
-	record ok "prepare: linux/ holds patches/series"
-else
-	cat "$res/prepare.log" >&2
-	record fail "prepare: linux/ holds patches/series"
-	summary
-	exit 1
-fi
+# The tree and the build directory of target $TARGET.
+# shellcheck disable=SC2016 # expanded by that bash
+tree_of() { bash -c '. "$1/scripts/lib.sh"; tree_name' _ "$TOP"; }
+# shellcheck disable=SC2016
+build_of() { bash -c '. "$1/scripts/lib.sh"; echo "$BUILD"' _ "$TOP"; }
 
-config_of() { echo "${S_CONFIG[$1]}"; }
+# Each target the stages need, in the order of TARGETS: its tree holds its
+# series. A target that fails leaves its stages out.
+declare -A PREPARED=()
+for t in $TARGETS; do
+	need=0
+	for s in "${stages[@]}"; do [ "${S_TARGET[$s]}" != "$t" ] || need=1; done
+	[ "$need" = 1 ] || continue
+	what="prepare $t: $(TARGET=$t tree_of) holds patches/$t/series"
+	if TARGET=$t "$TOP/scripts/prepare.sh" >"$res/prepare-$t.log" 2>&1; then
+		tail -n 1 "$res/prepare-$t.log" | tee -a "$res/source-version"
+		record ok "$what"
+		PREPARED[$t]=1
+	else
+		cat "$res/prepare-$t.log" >&2
+		record fail "$what"
+	fi
+done
 
 boot_named() { # stage
-	local append=${S_APPEND[$1]//@MODULES@/$BUILD/modules/modinst} lists
+	local append=${S_APPEND[$1]} lists build
+	build=$(TARGET=${S_TARGET[$1]} build_of)
+	append=${append//@MODULES@/$build/modules/modinst}
 	read -r -a lists <<<"${S_LISTS[$1]}"
-	boot_stage "$1" "${S_CONFIG[$1]}" "$append" "${lists[@]}"
+	TARGET=${S_TARGET[$1]} boot_stage "$1" "${S_CONFIG[$1]}" "$append" "${lists[@]}"
 }
 
 # One stage's boot with results of its own (record and collect see these).
@@ -333,21 +371,25 @@ run_queue() {
 	queue=()
 }
 
+# The series checks first (they build every patch, the test kernel's
+# build directory then only needs the last one's changes), the builds
+# next, then the boots, two at a time.
 for s in "${stages[@]}"; do
-	case "$s" in
-	series)
-		run_queue
-		t0=$(date +%s)
-		"$TOP/scripts/check-series.sh" >"$res/series.log" 2>&1 || true
-		cat "$res/series.log"
-		collect "$res/series.log" "series: "
-		stage_time series "$t0"
-		;;
-	*)
-		build_all "$(config_of "$s")" "$s" || continue
-		queue+=("$s")
-		;;
-	esac
+	t=${S_TARGET[$s]}
+	[ "${S_CONFIG[$s]}" = - ] || continue
+	[ -n "${PREPARED[$t]:-}" ] || continue
+	t0=$(date +%s)
+	TARGET=$t "$TOP/scripts/check-series.sh" >"$res/$s.log" 2>&1 || true
+	cat "$res/$s.log"
+	collect "$res/$s.log" "$s: "
+	stage_time "$s" "$t0"
+done
+for s in "${stages[@]}"; do
+	t=${S_TARGET[$s]}
+	[ "${S_CONFIG[$s]}" != - ] || continue
+	[ -n "${PREPARED[$t]:-}" ] || continue
+	TARGET=$t build_all "${S_CONFIG[$s]}" "$s" || continue
+	queue+=("$s")
 done
 run_queue
 
