@@ -48,6 +48,7 @@ if [ -d "$LINUX/.git" ]; then
 		if "$TOP/scripts/export.sh" --check >/dev/null 2>&1; then
 			log "$(tree_name) already holds ${PATCHES#"$TOP"/}/series; nothing to do"
 			selftests_agree
+			git -C "$LINUX" log -1 --format=%s "$BASE_TAG"
 			exit 0
 		fi
 		die "$(tree_name) exists and differs from ${PATCHES#"$TOP"/}/; export it (TARGET=$TARGET scripts/export.sh) or use --force"
