@@ -92,29 +92,17 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 ln -sfn "$dir" "$OUT/bench-latest"
 
-# Run a command, or a function of lib.sh, with target $1's settings.
-# shellcheck disable=SC2016 # expanded by that bash
-in_target() { # target command...
-	local t=$1
-	shift
-	TARGET=$t bash -c '. "$0/scripts/lib.sh"; "$@"' "$TOP" "$@"
-}
-# The same for a line of shell, with lib.sh's functions at hand.
-# shellcheck disable=SC2016 # expanded by that bash
-target_eval() { # target line
-	TARGET=$1 bash -c '. "$0/scripts/lib.sh"; eval "$1"' "$TOP" "$2"
-}
 
 [ "$(id -u)" != 0 ] || "$TOP/scripts/install-deps.sh"
 declare -A KERNEL=()
 for t in $targets; do
-	in_target "$t" "$TOP/scripts/prepare.sh"
-	in_target "$t" "$TOP/scripts/build-kernel.sh" --config test >/dev/null
-	in_target "$t" "$TOP/scripts/build-selftests.sh" >/dev/null
-	in_target "$t" "$TOP/scripts/mkinitramfs.sh" >/dev/null
+	TARGET=$t "$TOP/scripts/prepare.sh"
+	TARGET=$t "$TOP/scripts/build-kernel.sh" --config test >/dev/null
+	TARGET=$t "$TOP/scripts/build-selftests.sh" >/dev/null
+	TARGET=$t "$TOP/scripts/mkinitramfs.sh" >/dev/null
 	# The unmodified kernel and the zapping series (lib.sh).
-	[ "$upstream" = 0 ] || KERNEL[$t-upstream]=$(in_target "$t" build_upstream | tail -n 1)
-	[ "$zap" = 0 ] || [ "$t" != 6.12 ] || KERNEL[$t-zap]=$(in_target "$t" build_zap | tail -n 1)
+	[ "$upstream" = 0 ] || KERNEL[$t-upstream]=$(target_eval "$t" build_upstream | tail -n 1)
+	[ "$zap" = 0 ] || [ "$t" != 6.12 ] || KERNEL[$t-zap]=$(target_eval "$t" build_zap | tail -n 1)
 done
 
 # The command run in the VM: every backing, size and mode.

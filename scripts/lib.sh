@@ -72,6 +72,13 @@ source_version() {
 	fi
 }
 
+# Run a line of shell with target $1's settings (its LINUX, BUILD, ...)
+# and lib.sh's functions: target_eval 6.12 'echo "$BUILD"'.
+# shellcheck disable=SC2016 # expanded by that bash
+target_eval() { # target line
+	TARGET=$1 bash -c '. "$0/scripts/lib.sh"; eval "$1"' "$TOP" "$2"
+}
+
 # "linux/" or "linux-6.12/", for messages.
 tree_name() {
 	case "$LINUX" in "$TOP"/*) echo "${LINUX#"$TOP"/}/" ;; *) echo "$LINUX" ;; esac

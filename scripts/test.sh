@@ -303,12 +303,6 @@ summary() {
 	[ "$failn" = 0 ]
 }
 
-# The tree and the build directory of target $TARGET.
-# shellcheck disable=SC2016 # expanded by that bash
-tree_of() { bash -c '. "$1/scripts/lib.sh"; tree_name' _ "$TOP"; }
-# shellcheck disable=SC2016
-build_of() { bash -c '. "$1/scripts/lib.sh"; echo "$BUILD"' _ "$TOP"; }
-
 # Each target the stages need, in the order of TARGETS: its tree holds its
 # series. A target that fails leaves its stages out.
 declare -A PREPARED=()
@@ -316,7 +310,7 @@ for t in $TARGETS; do
 	need=0
 	for s in "${stages[@]}"; do [ "${S_TARGET[$s]}" != "$t" ] || need=1; done
 	[ "$need" = 1 ] || continue
-	what="prepare $t: $(TARGET=$t tree_of) holds patches/$t/series"
+	what="prepare $t: $(target_eval "$t" tree_name) holds patches/$t/series"
 	if TARGET=$t "$TOP/scripts/prepare.sh" >"$res/prepare-$t.log" 2>&1; then
 		tail -n 1 "$res/prepare-$t.log" | tee -a "$res/source-version"
 		record ok "$what"
@@ -329,7 +323,8 @@ done
 
 boot_named() { # stage
 	local append=${S_APPEND[$1]} lists build
-	build=$(TARGET=${S_TARGET[$1]} build_of)
+	# shellcheck disable=SC2016 # expanded by target_eval
+	build=$(target_eval "${S_TARGET[$1]}" 'echo "$BUILD"')
 	append=${append//@MODULES@/$build/modules/modinst}
 	read -r -a lists <<<"${S_LISTS[$1]}"
 	TARGET=${S_TARGET[$1]} boot_stage "$1" "${S_CONFIG[$1]}" "$append" "${lists[@]}"
