@@ -73,10 +73,7 @@ for t in $targets; do
 	[[ " $TARGETS " == *" $t "* ]] || die "--targets: no target '$t' (targets: $TARGETS)"
 done
 [ -n "${targets// /}" ] || die "--targets: none given"
-for v in LINUX BUILD SRC_TARBALL; do
-	[ "$targets" = "$TARGET" ] || [ -z "${!v:-}" ] ||
-		die "$v is set: with more than one target, each uses its own"
-done
+[ "$targets" = "$TARGET" ] || each_target_its_own
 for b in $backings; do
 	case "$b" in thp | hugetlb) ;; *) die "--backings: '$b' is not thp or hugetlb" ;; esac
 done

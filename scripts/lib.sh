@@ -10,6 +10,11 @@ OUT="${OUT:-$TOP/out}"
 # 12's linux-source-6.12). TARGET picks one (default: the primary); LINUX,
 # BUILD and SRC_TARBALL, when set, override that target's.
 TARGETS="7.3 6.12"
+# Which of those the environment set (the check below needs to know).
+ENV_OVERRIDES=""
+for v in LINUX BUILD SRC_TARBALL; do
+	[ -z "${!v:-}" ] || ENV_OVERRIDES+="${ENV_OVERRIDES:+ }$v"
+done
 PRIMARY=7.3
 TARGET="${TARGET:-$PRIMARY}"
 case "$TARGET" in
@@ -77,6 +82,13 @@ source_version() {
 # shellcheck disable=SC2016 # expanded by that bash
 target_eval() { # target line
 	TARGET=$1 bash -c '. "$0/scripts/lib.sh"; eval "$1"' "$TOP" "$2"
+}
+
+# A script that works on more than one target uses each one's own tree and
+# build directory: refuse LINUX, BUILD or SRC_TARBALL from the environment.
+each_target_its_own() {
+	[ -z "$ENV_OVERRIDES" ] ||
+		die "$ENV_OVERRIDES set: with more than one target, each uses its own; unset it"
 }
 
 # "linux/" or "linux-6.12/", for messages.

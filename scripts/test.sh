@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
 # The test command: build everything, boot, run all suites, count results.
 set -euo pipefail
-# Every target is built and booted from its own tree and build directory.
-for v in LINUX BUILD SRC_TARBALL; do
-	[ -z "${!v:-}" ] || { echo "${0##*/}: $v is set; unset it: every target uses its own" >&2; exit 2; }
-done
 . "$(dirname "$0")/lib.sh"
+each_target_its_own
 
 # The stages, in their default order; each is defined here and only here:
 # NAME|TARGET|CONFIG|DEFAULT|BOOT ARGUMENTS|TEST LISTS|DESCRIPTION.
