@@ -520,11 +520,14 @@ static int list_threads(const char *comm, int *listed)
 		if (comm) {
 			int fd, r;
 
-			/* A thread that just exited may still be listed. */
+			/*
+			 * A thread that just exited may still be listed: its
+			 * comm is gone (ENOENT) or its task is (ESRCH).
+			 */
 			snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
 				 d->d_name);
 			fd = open(path, O_RDONLY);
-			if (fd < 0 && errno == ENOENT)
+			if (fd < 0 && (errno == ENOENT || errno == ESRCH))
 				continue;
 			TEST_ASSERT(fd >= 0, "open(%s): %s", path, strerror(errno));
 			r = read(fd, buf, sizeof(buf) - 1);
