@@ -8,13 +8,14 @@ each_target_its_own
 # NAME|TARGET|CONFIG|DEFAULT|BOOT ARGUMENTS|TEST LISTS|DESCRIPTION.
 # TARGET: the kernel (scripts/lib.sh): the full matrix runs on the primary
 # target, mainline 7.3; the 6.12.y backport gets its series checked and our
-# tests run on the TDP MMU (series-6.12, tdp-6.12: not by default yet, they
-# take 31 minutes more on 2 cores, a third and fourth cold build among
-# them). DEFAULT "no": run only when asked for (--stage). A series stage (CONFIG -) boots nothing. The series are
-# checked first, the kernels built next, then the stages are booted two at
-# a time, in this order (the longest first); under TCG each VM runs all
-# its vCPUs in one host thread (docs/test-bed.md), so two VMs use the two
-# cores.
+# tests run on the TDP MMU (series-6.12, tdp-6.12: not by default yet, for
+# time: a third cold kernel build and 12 per-patch builds, and a boot).
+# DEFAULT "no": run only when asked for (--stage). A series stage (CONFIG -)
+# boots nothing. The series checks and kernel builds run one after another
+# in the background, niced; a stage boots as soon as its kernel is built,
+# one at a time while builds go on, two at a time after, ready stages in
+# this order (the longest first); under TCG each VM runs all its vCPUs in
+# one host thread (docs/test-bed.md), so a VM takes one core.
 STAGES=(
 	'series|7.3|-|yes|||checkpatch, patches/7.3/ == linux/, every patch builds (check-series.sh)'
 	'series-6.12|6.12|-|no|||checkpatch, patches/6.12/ == linux-6.12/, every patch builds'
@@ -52,10 +53,11 @@ $(for n in $KNOWN_STAGES; do
 		"${S_LISTS[$n]:+; scripts/tests/: ${S_LISTS[$n]}}"
 	  echo "${S_WHAT[$n]}"; } | fold -s -w 64 | sed 's/ *$//; 2,$s/^/              /'
 done)
-The series are checked first, the kernels built next; then the stages boot
-two at a time, in that
-order. Under TCG each VM runs its vCPUs in one host thread: with one thread
-per vCPU QEMU's emulation of nested SVM corrupts guests now and then.
+The series checks and kernel builds run one after another, niced; each
+stage boots as soon as its kernel is built: one VM at a time while builds
+go on, two after, ready stages in the order above. Under TCG each VM runs
+its vCPUs in one host thread: with one thread per vCPU QEMU's emulation of
+nested SVM corrupts guests now and then.
 Every test is a KTAP result; each boot adds one more: the VM exited by
 itself with no kernel splat in its console log. With CI=true a SKIP of one
 of our tests (lazy_collapse_*) counts as a failure.
@@ -239,8 +241,8 @@ boot_stage() { # name config append runner-args...
 	# guests of the test VM triple-fault, hang at the test VM's own VMRUN
 	# return address or lose writes now and then, on unmodified kernels
 	# too, and it corrupted the debug kernel itself twice
-	# (docs/test-bed.md). One thread leaves the other core to a second
-	# stage (run_queue).
+	# (docs/test-bed.md). One thread leaves the other core to a build or
+	# a second stage.
 	args+=(--tcg-thread single)
 	local run="./run-tests.sh -m \"$modes\""
 	[ "$name" != modules ] || run="./kvm-modules.sh load && $run"
@@ -263,18 +265,30 @@ boot_stage() { # name config append runner-args...
 	stage_time "$name" "$t0"
 }
 
-# Build a kernel, the selftests and the initramfs; a failure is a result.
-build_all() { # config stage (TARGET: the stage's)
-	local t0 log=$res/build-$TARGET-$1.log
+# Build a kernel of TARGET and, the first time in this run, its selftests
+# and initramfs (every config of a target boots the same initramfs: built
+# again, it could change under a stage that is booting); a failure is a
+# result. STAGES: the stages that boot it, for the result's name.
+build_all() { # config stages...
+	local cfg=$1 t0 log=$res/build-$TARGET-$1.log what
+	shift
+	what="build $TARGET $cfg kernel"
 	t0=$(date +%s)
-	if "$TOP/scripts/build-kernel.sh" --config "$1" >"$log" 2>&1 &&
-		"$TOP/scripts/build-selftests.sh" >>"$log" 2>&1 &&
-		"$TOP/scripts/mkinitramfs.sh" >>"$log" 2>&1; then
-		record ok "$2: build $TARGET $1 kernel, selftests, initramfs"
-		stage_time "build for $2" "$t0"
+	local rest=0
+	if [ ! -e "$res/.initramfs-$TARGET" ]; then
+		what+=", selftests, initramfs"
+		rest=1
+	fi
+	what+=" (for $*)"
+	if "$TOP/scripts/build-kernel.sh" --config "$cfg" >"$log" 2>&1 &&
+		{ [ "$rest" = 0 ] || { "$TOP/scripts/build-selftests.sh" &&
+			"$TOP/scripts/mkinitramfs.sh"; } >>"$log" 2>&1; }; then
+		touch "$res/.initramfs-$TARGET"
+		record ok "$what"
+		stage_time "build $TARGET $cfg" "$t0"
 	else
-		tail -n 30 "$log" >&2
-		record fail "$2: build $TARGET $1 kernel, selftests, initramfs"
+		tail -n 30 "$log" | sed 's/^/# /'
+		record fail "$what"
 		return 1
 	fi
 }
@@ -334,61 +348,112 @@ boot_into() { # stage
 	boot_named "$1"
 }
 
-# Stages built and waiting to boot, in stage order.
-queue=()
+# The build jobs, in order: for each target (the primary first), its series
+# check (it builds every patch in the test kernel's build directory, which
+# then only needs the last one's changes), then each kernel config that its
+# stages boot. "series STAGE" or "build TARGET CONFIG".
+jobs=()
+for t in $TARGETS; do
+	[ -n "${PREPARED[$t]:-}" ] || continue
+	for s in "${stages[@]}"; do
+		if [ "${S_TARGET[$s]}" = "$t" ] && [ "${S_CONFIG[$s]}" = - ]; then
+			jobs+=("series $s")
+		fi
+	done
+	cfgs=" "
+	for s in "${stages[@]}"; do
+		c=${S_CONFIG[$s]}
+		if [ "${S_TARGET[$s]}" = "$t" ] && [ "$c" != - ] &&
+			[[ $cfgs != *" $c "* ]]; then
+			jobs+=("build $t $c")
+			cfgs+="$c "
+		fi
+	done
+done
 
-# Boot the queued stages two at a time, each with results of its own,
-# added to the run's in stage order once all are done. Nothing is built
-# meanwhile: they boot from kernels and an initramfs already built.
-run_queue() {
-	local s i=0 running=0 pid rc
-	local -A stage_of=()
-	case "${#queue[@]}" in
-	0) return 0 ;;
-	1) boot_named "${queue[0]}"; queue=(); return 0 ;;
-	esac
-	log "stages ${queue[*]}: two at a time (one TCG thread each)"
-	while [ "$i" -lt "${#queue[@]}" ] || [ "$running" -gt 0 ]; do
-		if [ "$i" -lt "${#queue[@]}" ] && [ "$running" -lt 2 ]; then
-			boot_into "${queue[i]}" &
-			stage_of[$!]=${queue[i]}
-			i=$((i + 1)) running=$((running + 1))
+# Run the jobs in turn, with results of their own; each kernel built makes
+# the stages that boot it ready ($res/ready, a stage a line).
+builder() {
+	local results=$res/builds.ktap failures=$res/builds.failures
+	local kind a b s t0 for
+	: >"$results"
+	for j in "${jobs[@]}"; do
+		read -r kind a b <<<"$j"
+		if [ "$kind" = series ]; then
+			t0=$(date +%s)
+			TARGET=${S_TARGET[$a]} "$TOP/scripts/check-series.sh" \
+				>"$res/$a.log" 2>&1 || true
+			grep -E '^(not ok|# .*: built in)' "$res/$a.log" || true
+			collect "$res/$a.log" "$a: "
+			stage_time "$a" "$t0"
 			continue
 		fi
-		rc=0
-		wait -n -p pid || rc=$?
-		running=$((running - 1))
-		echo "$rc" >"$res/${stage_of[$pid]}.rc"
+		for=()
+		for s in "${stages[@]}"; do
+			if [ "${S_TARGET[$s]}" = "$a" ] && [ "${S_CONFIG[$s]}" = "$b" ]; then
+				for+=("$s")
+			fi
+		done
+		TARGET=$a build_all "$b" "${for[@]}" || continue
+		printf '%s\n' "${for[@]}" >>"$res/ready"
 	done
-	for s in "${queue[@]}"; do
-		cat "$res/$s.ktap" >>"$results"
-		[ ! -s "$res/$s.failures" ] || cat "$res/$s.failures" >>"$failures"
-		rc=$(cat "$res/$s.rc")
-		[ "$rc" = 0 ] || record fail "$s: stage ended with status $rc"
-	done
-	queue=()
 }
 
-# The series checks first (they build every patch, the test kernel's
-# build directory then only needs the last one's changes), the builds
-# next, then the boots, two at a time.
-for s in "${stages[@]}"; do
-	t=${S_TARGET[$s]}
-	[ "${S_CONFIG[$s]}" = - ] || continue
-	[ -n "${PREPARED[$t]:-}" ] || continue
-	t0=$(date +%s)
-	TARGET=$t "$TOP/scripts/check-series.sh" >"$res/$s.log" 2>&1 || true
-	cat "$res/$s.log"
-	collect "$res/$s.log" "$s: "
-	stage_time "$s" "$t0"
+# The builds run in the background, niced, while the stages whose kernel
+# is built boot: one at a time while something is still being built (its
+# VM takes one core, the build the other and whatever the VM leaves), two
+# at a time after (one TCG thread each: the two cores). Ready stages boot in
+# stage order. Each stage has results of its own; the builds' come first in
+# the run's results, then the stages', in stage order.
+: >"$res/ready"
+(
+	renice -n 10 -p "$BASHPID" >/dev/null 2>&1 || true
+	builder
+) &
+bpid=$!
+declare -A stage_pid=() begun=()
+running=0
+while :; do
+	building=0
+	! kill -0 "$bpid" 2>/dev/null || building=1
+	for s in "${!stage_pid[@]}"; do
+		pid=${stage_pid[$s]}
+		kill -0 "$pid" 2>/dev/null && continue
+		rc=0
+		wait "$pid" || rc=$?
+		echo "$rc" >"$res/$s.rc"
+		unset "stage_pid[$s]"
+		running=$((running - 1))
+	done
+	next=""
+	for s in "${stages[@]}"; do
+		if [ -z "${begun[$s]:-}" ] && grep -qx -- "$s" "$res/ready"; then
+			next=$s
+			break
+		fi
+	done
+	if [ -n "$next" ] && [ "$running" -lt $((2 - building)) ]; then
+		begun[$next]=1
+		state="builds going on"
+		[ "$building" = 1 ] || state="builds done"
+		log "stage $next: boots ($((running + 1)) VM(s) now, $state)"
+		boot_into "$next" &
+		stage_pid[$next]=$!
+		running=$((running + 1))
+		continue
+	fi
+	[ "$building" = 1 ] || [ "$running" -gt 0 ] || [ -n "$next" ] || break
+	sleep 2
 done
+wait "$bpid" || record fail "builds: ended with status $?"
+cat "$res/builds.ktap" >>"$results"
+[ ! -s "$res/builds.failures" ] || cat "$res/builds.failures" >>"$failures"
 for s in "${stages[@]}"; do
-	t=${S_TARGET[$s]}
-	[ "${S_CONFIG[$s]}" != - ] || continue
-	[ -n "${PREPARED[$t]:-}" ] || continue
-	TARGET=$t build_all "${S_CONFIG[$s]}" "$s" || continue
-	queue+=("$s")
+	[ -n "${begun[$s]:-}" ] || continue
+	cat "$res/$s.ktap" >>"$results"
+	[ ! -s "$res/$s.failures" ] || cat "$res/$s.failures" >>"$failures"
+	rc=$(cat "$res/$s.rc")
+	[ "$rc" = 0 ] || record fail "$s: stage ended with status $rc"
 done
-run_queue
 
 summary
