@@ -415,10 +415,17 @@ declare -A stage_pid=() begun=()
 running=0
 while :; do
 	building=0
-	! kill -0 "$bpid" 2>/dev/null || building=1
+	if kill -0 "$bpid" 2>/dev/null &&
+		! grep -qs '^State:.*zombie' "/proc/$bpid/status"; then
+		building=1
+	fi
 	for s in "${!stage_pid[@]}"; do
 		pid=${stage_pid[$s]}
-		kill -0 "$pid" 2>/dev/null && continue
+		# Gone, or a zombie bash has not reaped yet.
+		if kill -0 "$pid" 2>/dev/null &&
+			! grep -qs '^State:.*zombie' "/proc/$pid/status"; then
+			continue
+		fi
 		rc=0
 		wait "$pid" || rc=$?
 		echo "$rc" >"$res/$s.rc"
