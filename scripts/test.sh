@@ -411,21 +411,18 @@ builder() {
 	builder
 ) &
 bpid=$!
+# Whether a child still runs: not gone, nor a zombie bash has yet to reap.
+running_pid() { # pid
+	kill -0 "$1" 2>/dev/null && ! grep -qs '^State:.*zombie' "/proc/$1/status"
+}
 declare -A stage_pid=() begun=()
 running=0
 while :; do
 	building=0
-	if kill -0 "$bpid" 2>/dev/null &&
-		! grep -qs '^State:.*zombie' "/proc/$bpid/status"; then
-		building=1
-	fi
+	! running_pid "$bpid" || building=1
 	for s in "${!stage_pid[@]}"; do
 		pid=${stage_pid[$s]}
-		# Gone, or a zombie bash has not reaped yet.
-		if kill -0 "$pid" 2>/dev/null &&
-			! grep -qs '^State:.*zombie' "/proc/$pid/status"; then
-			continue
-		fi
+		! running_pid "$pid" || continue
 		rc=0
 		wait "$pid" || rc=$?
 		echo "$rc" >"$res/$s.rc"
