@@ -22,7 +22,7 @@ STAGES=(
 	'tdp|7.3|test|yes|hugepagesz=1G hugepages=2|upstream.list lazy_collapse.list|TDP MMU: upstream dirty-log and memslot tests, and ours, in every mode'
 	'debug|7.3|debug|yes||lazy_collapse_debug.list debug-upstream.list|KASAN, lockdep, ... (boot.sh adds no5lvl): our tests in every mode, upstream dirty-log and memslot tests'
 	'tdp-6.12|6.12|test|no|hugepagesz=1G hugepages=2|lazy_collapse.list|6.12.y, TDP MMU: our tests in every mode'
-	'vmm|7.3|test|yes||vmm.list|a real VMM: Debian QEMU (the host root over 9p) migrates a guest, the migration fails, is cancelled, retried or resumed, over QMP and through libvirt (scripts/vmm/scenario.py), every mode'
+	'vmm|7.3|test|yes||vmm.list|a real VMM: Debian QEMU (the host root over 9p) migrates a guest, the migration fails, is cancelled, retried or resumed, over QMP in every mode and through libvirt in deferred mode (scripts/vmm/scenario.py)'
 	'debug1g|7.3|debug|yes|hugepagesz=1G hugepages=2|lazy_collapse_debug_1g.list|debug kernel: our 1 GiB tests, in every mode'
 	'shadow|7.3|test|yes|kvm.tdp_mmu=N|lazy_collapse_shadow.list|shadow MMU (rmap walk): our tests in every mode'
 	'npt0|7.3|test|yes|kvm_amd.npt=0 kvm_intel.ept=0|lazy_collapse_shadow.list|shadow paging (the shadow MMU shadows the guest page tables): our tests in every mode'
