@@ -351,8 +351,10 @@ boot_into() { # stage
 # The build jobs, in order: for each target (the primary first), its series
 # check (it builds every patch in the test kernel's build directory, which
 # then only needs the last one's changes), then each kernel config that its
-# stages boot. "series STAGE" or "build TARGET CONFIG".
+# stages boot. "series STAGE" or "build TARGET CONFIG"; BOOTS["TARGET
+# CONFIG"]: the stages that boot that kernel.
 jobs=()
+declare -A BOOTS=()
 for t in $TARGETS; do
 	[ -n "${PREPARED[$t]:-}" ] || continue
 	for s in "${stages[@]}"; do
@@ -360,14 +362,11 @@ for t in $TARGETS; do
 			jobs+=("series $s")
 		fi
 	done
-	cfgs=" "
 	for s in "${stages[@]}"; do
 		c=${S_CONFIG[$s]}
-		if [ "${S_TARGET[$s]}" = "$t" ] && [ "$c" != - ] &&
-			[[ $cfgs != *" $c "* ]]; then
-			jobs+=("build $t $c")
-			cfgs+="$c "
-		fi
+		{ [ "${S_TARGET[$s]}" = "$t" ] && [ "$c" != - ]; } || continue
+		[ -n "${BOOTS[$t $c]:-}" ] || jobs+=("build $t $c")
+		BOOTS[$t $c]+="${BOOTS[$t $c]:+ }$s"
 	done
 done
 
@@ -375,7 +374,7 @@ done
 # the stages that boot it ready ($res/ready, a stage a line).
 builder() {
 	local results=$res/builds.ktap failures=$res/builds.failures
-	local kind a b s t0 for
+	local kind a b t0 for
 	: >"$results"
 	for j in "${jobs[@]}"; do
 		read -r kind a b <<<"$j"
@@ -388,12 +387,7 @@ builder() {
 			stage_time "$a" "$t0"
 			continue
 		fi
-		for=()
-		for s in "${stages[@]}"; do
-			if [ "${S_TARGET[$s]}" = "$a" ] && [ "${S_CONFIG[$s]}" = "$b" ]; then
-				for+=("$s")
-			fi
-		done
+		read -r -a for <<<"${BOOTS[$a $b]}"
 		TARGET=$a build_all "$b" "${for[@]}" || continue
 		printf '%s\n' "${for[@]}" >>"$res/ready"
 	done
