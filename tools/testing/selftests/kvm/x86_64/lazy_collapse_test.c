@@ -1667,9 +1667,10 @@ static void test_smm(void)
  * seen; a long collapse_pause_pct keeps it running), sometimes with the
  * vCPUs faulting memory back in at the same time, and with them writing new
  * data across the ioctl that stops logging (action 7) and the one that
- * starts it again (action 1).  Where each action hit the
- * collapse (pending, running, or already done, as in sync mode, which
- * action 3 may switch to) is reported.
+ * starts it again (action 1).  Where each action hit the collapse
+ * (pending, running, or already done, as in sync mode) is reported; action
+ * 3 puts the VM's mode back after its switches, so that in a lazy mode 16
+ * iterations hit each action once pending and once running, as asserted.
  */
 static void test_races(void)
 {
@@ -1679,6 +1680,7 @@ static void test_races(void)
 	};
 	static const char * const states[] = { "pending", "running", "done" };
 	struct test_vm *t = create_test_vm(race_size);
+	int mode = vm_mode(t->vm);
 	int hits[8][3] = { 0 };
 	uint64_t stops = 0, iter = 1;
 	bool logging = false;
@@ -1748,6 +1750,7 @@ static void test_races(void)
 				       mode_names[rand() % ARRAY_SIZE(mode_names)]);
 				usleep(rand() % 1000);
 			}
+			vm_set(t->vm, "collapse_mode", mode_names[mode]);
 			break;
 		case 4:	/* move the slot away and back: memory must not change */
 			vm_mem_region_move(t->vm, slot_id(0), MOVED_GPA);
@@ -1792,6 +1795,11 @@ static void test_races(void)
 			       actions[i], hits[i][0], hits[i][1], hits[i][2]);
 	TEST_ASSERT_EQ(stat_of(t, "collapse_runs") + stat_of(t, "collapse_cancelled"),
 		       stops);
+	for (i = 0; mode != KVM_X86_COLLAPSE_SYNC && iterations >= 16 && i < 8; i++)
+		TEST_ASSERT(hits[i][0] && hits[i][1],
+			    "races: %s never hit a %s collapse in %s mode",
+			    actions[i], hits[i][0] ? "running" : "pending",
+			    mode_names[mode]);
 	pass(t, iter, GUEST_CHECK);
 	pass(t, ++iter, GUEST_WRITE);
 	check_pass(t, iter, false);
@@ -1888,7 +1896,8 @@ static void help(const char *name)
 	puts(" -r: size of the slots of the other subtests (default 64M)");
 	backing_src_help("-s");
 	puts(" -v: vCPUs touching memory (default 2)");
-	puts(" -i: iterations of races and teardown (default 20)");
+	puts(" -i: iterations of races and teardown (default 20; races asserts\n"
+	     "     that each action hit a pending and a running collapse from 16)");
 	printf(" -n: stops of each slot stoptime takes the fastest of (default 5,\n"
 	       "     at most %d)\n", MAX_STOPS);
 	puts(" -S: random seed (default: time)");
