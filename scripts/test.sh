@@ -64,7 +64,8 @@ of our tests (lazy_collapse_*) counts as a failure.
   --target  only the stages of target T (7.3 or 6.12), default or not (but
             modules); with --stage: of those
   --modes   collapse modes to run (default: "sync deferred ondemand")
-  --filter  only the tests whose name matches this grep -E regex
+  --filter  only the tests whose whole name (as in scripts/tests/*.list)
+            matches this grep -E regex, e.g. 'lazy_collapse_(races|smm)'
 Logs and results go to out/test-<time>/ (out/latest links to it). The last
 line is "N passed, N failed, N skipped"; the exit status is 0 only if no
 test failed.
