@@ -8,7 +8,8 @@
 # defaults to "sync deferred ondemand" when the kernel has
 # kvm.collapse_mode, else "-" (an unmodified kernel: run once). FILTER is a
 # grep -E pattern on NAME. Exit status: 0 only if no test failed.
-# Exit status 4 of a test is the kselftest SKIP.
+# Exit status 4 of a test is the kselftest SKIP. With kmemleak in the
+# kernel, one more result: the tests left no object unreferenced.
 #
 # Under TCG (lazy_tcg=1 on the kernel command line, set by boot.sh) QEMU's
 # emulation of SVM now and then makes a guest triple-fault while it first
@@ -149,9 +150,22 @@ if [ "$n" = 0 ]; then
 	exit 1
 fi
 
+# With kmemleak (the debug kernel), one more result: nothing the tests did
+# leaked. What the boot left unreferenced is reported, then cleared (kmemleak
+# reports an object once it stayed unchanged over a scan: two scans).
+kml=/sys/kernel/debug/kmemleak
+kmemleak_scan() { echo scan >$kml && echo scan >$kml; }
+leakcheck=0
+if [ -w $kml ] && kmemleak_scan 2>/dev/null; then
+	leakcheck=1
+	booted=$(grep -c '^unreferenced object' $kml)
+	echo clear >$kml
+fi
 
 echo "KTAP version 1"
-echo "1..$n"
+echo "1..$((n + leakcheck))"
+[ "$leakcheck" = 0 ] ||
+	echo "# kmemleak: $booted objects unreferenced after boot, cleared"
 i=0
 failed=0
 for m in $modes; do
@@ -254,4 +268,21 @@ for m in $modes; do
 	$(tests_for "$m")
 	TESTS
 done
+if [ "$leakcheck" = 1 ]; then
+	i=$((i + 1))
+	# Past kmemleak's minimum age of what it reports (5 s).
+	sleep 6
+	if ! kmemleak_scan; then
+		echo "# kmemleak: scan failed (disabled after an error?)"
+		echo "not ok $i kmemleak: nothing leaked"
+		failed=$((failed + 1))
+	elif grep -q '^unreferenced object' $kml; then
+		echo "# kmemleak: $(grep -c '^unreferenced object' $kml) objects leaked; the first:"
+		head -n 60 $kml | sed 's/^/# /'
+		echo "not ok $i kmemleak: nothing leaked"
+		failed=$((failed + 1))
+	else
+		echo "ok $i kmemleak: nothing leaked"
+	fi
+fi
 [ "$failed" = 0 ]
