@@ -42,7 +42,9 @@
  *            running: no dirty page is missed, guest memory is intact,
  *            every stop ends as one collapse or one cancel;
  *  teardown: VMs destroyed (also through a debugfs file holding the last
- *            reference) with a collapse pending or running.
+ *            reference) with a collapse pending or running: their worker
+ *            and debugfs directory are gone, and kmemleak (where the kernel
+ *            has it; -k: it must) finds nothing they leaked.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -79,6 +81,7 @@
 #define NO_STAT		(~0ULL)
 
 #define PARAM_DIR	"/sys/module/kvm/parameters/"
+#define KMEMLEAK	"/sys/kernel/debug/kmemleak"
 static const char * const params[] = {
 	"collapse_mode", "collapse_delay_ms", "collapse_batch",
 	"collapse_pause_pct",
@@ -113,6 +116,7 @@ static int iterations = 20;
 static int nr_stops = 5;
 static const char *restore_batch;
 static bool nx_force;
+static bool need_kmemleak;
 static unsigned int seed;
 static enum vm_mem_backing_src_type backing = VM_MEM_SRC_ANONYMOUS_THP;
 
@@ -1807,20 +1811,87 @@ static void test_races(void)
 }
 
 /*
+ * The objects kmemleak reports as leaked, after two scans (an object is
+ * reported only once its contents stayed the same over a scan, and only
+ * when older than 5 s): its report, "unreferenced object 0x... (size N):"
+ * and the allocation's backtrace for each, in a buffer to free().
+ */
+static char *kmemleak_report(void)
+{
+	size_t len = 0, size = 4096;
+	char *buf = malloc(size);
+	ssize_t r;
+	int fd, i, err;
+
+	TEST_ASSERT(buf, "malloc");
+	for (i = 0; i < 2; i++) {
+		err = write_file(KMEMLEAK, "scan");
+		TEST_ASSERT(!err, "kmemleak scan: %s (disabled after an error?)",
+			    strerror(-err));
+	}
+	fd = open(KMEMLEAK, O_RDONLY);
+	TEST_ASSERT(fd >= 0, "open(%s): %s", KMEMLEAK, strerror(errno));
+	while ((r = read(fd, buf + len, size - len - 1)) > 0) {
+		len += r;
+		if (size - len < 1024) {
+			size *= 2;
+			buf = realloc(buf, size);
+			TEST_ASSERT(buf, "realloc");
+		}
+	}
+	TEST_ASSERT(r == 0, "read(%s): %s", KMEMLEAK, strerror(errno));
+	buf[len] = '\0';
+	close(fd);
+	return buf;
+}
+
+/* The objects of @now's report that @before's does not have. */
+static int kmemleak_new(const char *before, const char *now)
+{
+	static const char obj[] = "unreferenced object ";
+	const char *p;
+	int n = 0;
+
+	for (p = strstr(now, obj); p; p = strstr(p + 1, obj)) {
+		char line[96];
+
+		snprintf(line, sizeof(line), "%.*s", (int)strcspn(p, "\n"), p);
+		if (strstr(before, line))
+			continue;
+		if (!n)
+			ksft_print_msg("teardown: kmemleak:\n%.4000s\n", p);
+		n++;
+	}
+	return n;
+}
+
+/*
  * teardown: destroy VMs with a collapse pending (ondemand), queued or
  * running (the VM's mode, delay 0, collapse_now or not), and through a
  * debugfs file that holds the last reference to the VM: each action in turn.
  * The worker and the VM's debugfs directory must be gone after each; how
  * often the collapse was still pending, running or done at the destruction
- * is reported.
+ * is reported.  Then nothing the loop allocated may be left unreferenced:
+ * kmemleak's report after it has no object that it lacked before (what
+ * leaked earlier in the boot is the runner's to report, run-tests.sh).
  */
 static void test_teardown(void)
 {
 	static const char * const names[] = {
 		"ondemand", "the VM's mode", "collapse_now", "debugfs file held",
 	};
-	int i, hits[4][3] = { 0 };
+	int i, n, hits[4][3] = { 0 };
+	char *leaks = NULL, *now;
 	struct stat st;
+
+	/* What earlier tests leaked is reported once older than 5 s. */
+	if (!access(KMEMLEAK, W_OK)) {
+		sleep(6);
+		leaks = kmemleak_report();
+	} else {
+		TEST_ASSERT(!need_kmemleak, "-k: no %s (CONFIG_DEBUG_KMEMLEAK)",
+			    KMEMLEAK);
+	}
 
 	for (i = 0; i < iterations; i++) {
 		struct test_vm *t = create_test_vm(race_size);
@@ -1859,6 +1930,19 @@ static void test_teardown(void)
 	for (i = 0; i < 4; i++)
 		ksft_print_msg("teardown: %s: %d destroyed pending, %d running, %d done\n",
 			       names[i], hits[i][0], hits[i][1], hits[i][2]);
+	if (!leaks) {
+		ksft_print_msg("teardown: no kmemleak in this kernel: leaks not checked\n");
+		return;
+	}
+	/* Past kmemleak's minimum age of what it reports. */
+	sleep(6);
+	now = kmemleak_report();
+	n = kmemleak_new(leaks, now);
+	TEST_ASSERT(!n, "kmemleak: %d objects leaked by %d VMs destroyed", n,
+		    iterations);
+	ksft_print_msg("teardown: kmemleak: nothing leaked\n");
+	free(now);
+	free(leaks);
 }
 
 static const struct {
@@ -1885,7 +1969,7 @@ static void help(const char *name)
 
 	printf("usage: %s [-h] [-t subtest] [-b size] [-r size] [-s backing]\n"
 	       "          [-v vcpus] [-i iterations] [-n stops] [-S seed] [-B batch]\n"
-	       "          [-x]\n",
+	       "          [-x] [-k]\n",
 	       name);
 	printf(" -t: run only this subtest (may be repeated):");
 	for (i = 0; i < ARRAY_SIZE(subtests); i++)
@@ -1903,6 +1987,7 @@ static void help(const char *name)
 	puts(" -S: random seed (default: time)");
 	puts(" -B: collapse_batch of the restore VM (default: kvm.collapse_batch)");
 	puts(" -x: inplace with kvm.nx_huge_pages=force (restored after)");
+	puts(" -k: teardown fails without kmemleak (CONFIG_DEBUG_KMEMLEAK)");
 }
 
 static int find_subtest(const char *name)
@@ -1922,7 +2007,7 @@ int main(int argc, char *argv[])
 	int opt, i, j, n = 0;
 
 	seed = time(NULL);
-	while ((opt = getopt(argc, argv, "ht:b:r:s:v:i:n:S:B:x")) != -1) {
+	while ((opt = getopt(argc, argv, "ht:b:r:s:v:i:n:S:B:xk")) != -1) {
 		switch (opt) {
 		case 't':
 			i = find_subtest(optarg);
@@ -1960,6 +2045,9 @@ int main(int argc, char *argv[])
 			break;
 		case 'x':
 			nx_force = true;
+			break;
+		case 'k':
+			need_kmemleak = true;
 			break;
 		case 'h':
 			help(argv[0]);
