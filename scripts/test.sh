@@ -20,10 +20,11 @@ STAGES=(
 	'series|7.3|-|yes|||checkpatch, patches/7.3/ == linux/, every patch builds (check-series.sh)'
 	'series-6.12|6.12|-|no|||checkpatch, patches/6.12/ == linux-6.12/, every patch builds'
 	'tdp|7.3|test|yes|hugepagesz=1G hugepages=2|upstream.list lazy_collapse.list|TDP MMU: upstream dirty-log and memslot tests, and ours, in every mode'
-	'debug|7.3|debug|yes||lazy_collapse_debug.list debug-upstream.list|KASAN, lockdep, ... (boot.sh adds no5lvl): our tests in every mode (but those of debug1g), upstream dirty-log and memslot tests'
+	'debug|7.3|debug|yes||lazy_collapse_debug.list debug-upstream.list|KASAN, lockdep, kmemleak, ... (boot.sh adds no5lvl): our tests in every mode (but those of debug1g), upstream dirty-log and memslot tests'
 	'tdp-6.12|6.12|test|no|hugepagesz=1G hugepages=2|lazy_collapse.list|6.12.y, TDP MMU: our tests in every mode'
 	'vmm|7.3|test|yes||vmm.list|a real VMM: Debian QEMU (the host root over 9p) migrates a guest, the migration fails, is cancelled, retried or resumed, over QMP in every mode and through libvirt in deferred mode (scripts/vmm/scenario.py)'
 	'debug1g|7.3|debug|yes|hugepagesz=1G hugepages=2|lazy_collapse_debug_1g.list|debug kernel: our 1 GiB tests, and resume and teardown, in every mode'
+	'debug-shadow|7.3|debug|yes|kvm.tdp_mmu=N|lazy_collapse_debug_shadow.list|debug kernel, shadow MMU (rmap walk): our tests in every mode'
 	'shadow|7.3|test|yes|kvm.tdp_mmu=N|lazy_collapse_shadow.list|shadow MMU (rmap walk): our tests in every mode'
 	'npt0|7.3|test|yes|kvm_amd.npt=0 kvm_intel.ept=0|lazy_collapse_shadow.list|shadow paging (the shadow MMU shadows the guest page tables): our tests in every mode'
 	'modules|7.3|modules|no|lazy_modules=@MODULES@|modules.list|KVM built as modules (scripts/configs/modules.config, another cold kernel build), loaded over 9p (scripts/vm/kvm-modules.sh): in every mode'
@@ -59,8 +60,9 @@ go on, two after, ready stages in the order above. Under TCG each VM runs
 its vCPUs in one host thread: with one thread per vCPU QEMU's emulation of
 nested SVM corrupts guests now and then.
 Every test is a KTAP result; each boot adds one more: the VM exited by
-itself with no kernel splat in its console log. With CI=true a SKIP of one
-of our tests (lazy_collapse_*) counts as a failure.
+itself with no kernel splat in its console log; a boot of a kernel with
+kmemleak (debug) one more: nothing its tests left unreferenced. With
+CI=true a SKIP of one of our tests (lazy_collapse_*) counts as a failure.
   --target  only the stages of target T (7.3 or 6.12), default or not (but
             modules); with --stage: of those
   --modes   collapse modes to run (default: "sync deferred ondemand")
