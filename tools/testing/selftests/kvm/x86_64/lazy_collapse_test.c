@@ -1866,12 +1866,19 @@ static int kmemleak_new(const char *before, const char *now)
 }
 
 /*
- * teardown: destroy VMs with a collapse pending (ondemand), queued or
- * running (the VM's mode, delay 0, collapse_now or not), and through a
- * debugfs file that holds the last reference to the VM: each action in turn.
- * The worker and the VM's debugfs directory must be gone after each; how
- * often the collapse was still pending, running or done at the destruction
- * is reported.  Then nothing the loop allocated may be left unreferenced:
+ * teardown: destroy VMs after a stop, four ways in turn: made ondemand, in
+ * the VM's mode, right after collapse_now, and through a debugfs file that
+ * holds the last reference to the VM (its collapse_now written after the
+ * VM's fds are closed; in sync mode the VM is made ondemand first).  In
+ * every other round of four the collapse is left pending (a delay of an
+ * hour, no collapse_now), in the others it is made to run first
+ * (collapse_now, or delay 0; collapse_started_slots seen; a long
+ * collapse_pause_pct keeps it running).  The worker and the VM's debugfs
+ * directory must be gone after each; where each way hit the collapse is
+ * reported, and from 8 iterations each must have hit it pending and running
+ * where its mode can: all but the VM's own sync mode, collapse_now never
+ * pending, ondemand mode never running by itself.  Then nothing the loop
+ * allocated may be left unreferenced:
  * kmemleak's report after it has no object that it lacked before (what
  * leaked earlier in the boot is the runner's to report, run-tests.sh).
  */
@@ -1880,7 +1887,7 @@ static void test_teardown(void)
 	static const char * const names[] = {
 		"ondemand", "the VM's mode", "collapse_now", "debugfs file held",
 	};
-	int i, n, hits[4][3] = { 0 };
+	int i, n, mode = KVM_X86_COLLAPSE_SYNC, hits[4][3] = { 0 };
 	char *leaks = NULL, *now;
 	struct stat st;
 
@@ -1895,13 +1902,16 @@ static void test_teardown(void)
 
 	for (i = 0; i < iterations; i++) {
 		struct test_vm *t = create_test_vm(race_size);
-		int action = i % 4, fd = -1;
+		int action = i % 4, fd = -1, state;
+		bool run = (i / 4) % 2;
 		char dir[128];
 
 		snprintf(dir, sizeof(dir), "%s", vm_dir(t->vm));
+		mode = vm_mode(t->vm);
 		vm_set(t->vm, "collapse_batch", "1");
-		vm_set(t->vm, "collapse_delay_ms", "0");
-		if (action == 0)
+		vm_set(t->vm, "collapse_delay_ms", run ? "0" : "3600000");
+		vm_set(t->vm, "collapse_pause_pct", run ? "5000" : "0");
+		if (action == 0 || (action == 3 && mode == KVM_X86_COLLAPSE_SYNC))
 			vm_set(t->vm, "collapse_mode", "ondemand");
 		pass(t, 1, GUEST_WRITE);
 		split_all(t, 2);
@@ -1910,12 +1920,16 @@ static void test_teardown(void)
 			TEST_ASSERT(fd >= 0, "open collapse_now");
 		}
 		set_logging(t, 0, false);
-		if (action == 2)
+		if (action == 2 || (run && action != 1))
 			vm_set(t->vm, "collapse_now", "1");
-		usleep(rand() % 3000);
-		hits[action][!stat_of(t, "collapse_pending_slots") ? 2 :
-			     !!stat_of(t, "collapse_started_slots")]++;
-		pr_debug("teardown: iteration %d, action %d\n", i, action);
+		/* In the VM's ondemand mode nothing starts by itself. */
+		if (run && !(action == 1 && mode == KVM_X86_COLLAPSE_ONDEMAND))
+			wait_started(t, 10);
+		state = !stat_of(t, "collapse_pending_slots") ? 2 :
+			!!stat_of(t, "collapse_started_slots");
+		hits[action][state]++;
+		pr_debug("teardown: iteration %d, action %d, state %d\n", i,
+			 action, state);
 		destroy_test_vm(t);
 		if (fd >= 0) {
 			/* The VM lives on through this file until it is closed. */
@@ -1930,6 +1944,17 @@ static void test_teardown(void)
 	for (i = 0; i < 4; i++)
 		ksft_print_msg("teardown: %s: %d destroyed pending, %d running, %d done\n",
 			       names[i], hits[i][0], hits[i][1], hits[i][2]);
+	for (i = 0; iterations >= 8 && i < 4; i++) {
+		bool lazy = mode != KVM_X86_COLLAPSE_SYNC;
+		bool pending = i != 2 && (i != 1 || lazy);
+		bool running = i == 1 ? mode == KVM_X86_COLLAPSE_DEFERRED :
+				i != 2 || lazy;
+
+		TEST_ASSERT((!pending || hits[i][0]) && (!running || hits[i][1]),
+			    "teardown: %s never destroyed a %s collapse in %s mode",
+			    names[i], pending && !hits[i][0] ? "pending" : "running",
+			    mode_names[mode]);
+	}
 	if (!leaks) {
 		ksft_print_msg("teardown: no kmemleak in this kernel: leaks not checked\n");
 		return;
