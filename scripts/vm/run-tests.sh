@@ -151,12 +151,13 @@ if [ "$n" = 0 ]; then
 fi
 
 # With kmemleak (the debug kernel), one more result: nothing the tests did
-# leaked. What the boot left unreferenced is reported, then cleared (kmemleak
-# reports an object once it stayed unchanged over a scan: two scans).
+# leaked. What the boot left unreferenced is reported, then cleared: once
+# all it allocated is older than kmemleak's minimum age (5 s), after two
+# scans (kmemleak reports an object that stayed unchanged over a scan).
 kml=/sys/kernel/debug/kmemleak
 kmemleak_scan() { echo scan >$kml && echo scan >$kml; }
 leakcheck=0
-if [ -w $kml ] && kmemleak_scan 2>/dev/null; then
+if [ -w $kml ] && sleep 6 && kmemleak_scan 2>/dev/null; then
 	leakcheck=1
 	booted=$(grep -c '^unreferenced object' $kml)
 	echo clear >$kml
