@@ -61,7 +61,7 @@ its vCPUs in one host thread: with one thread per vCPU QEMU's emulation of
 nested SVM corrupts guests now and then.
 Every test is a KTAP result; each boot adds one more: the VM exited by
 itself with no kernel splat in its console log; a boot of a kernel with
-kmemleak (debug) one more: nothing its tests left unreferenced. With
+kmemleak (debug) one more: nothing left unreferenced since boot. With
 CI=true a SKIP of one of our tests (lazy_collapse_*) counts as a failure.
   --target  only the stages of target T (7.3 or 6.12), default or not (but
             modules); with --stage: of those
