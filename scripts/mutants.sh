@@ -44,7 +44,7 @@ mutant restart mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
 	's/^\tmax_seq = c->seq;$/\tmax_seq = c->seq; xa_for_each(\&c->pending, index, s) if (s->started) { s->started = false; s->run.next = id_to_memslot(__kvm_memslots(kvm, kvm_collapse_as_id(index)), kvm_collapse_id(index))->base_gfn; }/'
 # The pending index drops the address space: SMM slots collide.
 mutant no-as-id mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
-	'lazy_collapse_smm' \
+	'lazy_collapse_(smm|races)' \
 	's/^\treturn ((unsigned long)as_id << 16) | (u16)id;$/\treturn (u16)id;/'
 # The memslot ioctl that stops logging creates the worker.
 mutant memslot-thread mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
