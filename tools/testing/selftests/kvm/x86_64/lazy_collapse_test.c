@@ -1611,6 +1611,39 @@ static void test_resume(void)
 }
 
 /*
+ * A memslot with the id of test slot 0 in the SMM address space, at the same
+ * GPA, backed by memory of its own that no vCPU maps (none enters SMM).
+ */
+struct smm_twin {
+	uint32_t slot;
+	void *mem;
+};
+
+static void smm_twin_add(struct test_vm *t, struct smm_twin *tw)
+{
+	tw->slot = (1 << 16) | slot_id(0);
+	tw->mem = mmap(NULL, race_size, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	TEST_ASSERT(tw->mem != MAP_FAILED, "mmap");
+	vm_set_user_memory_region(t->vm, tw->slot, 0, TEST_GPA, race_size,
+				  tw->mem);
+}
+
+static void smm_twin_logging(struct test_vm *t, struct smm_twin *tw, bool on)
+{
+	vm_set_user_memory_region(t->vm, tw->slot,
+				  on ? KVM_MEM_LOG_DIRTY_PAGES : 0, TEST_GPA,
+				  race_size, tw->mem);
+}
+
+static void smm_twin_delete(struct test_vm *t, struct smm_twin *tw)
+{
+	vm_set_user_memory_region(t->vm, tw->slot, 0, 0, 0, NULL);
+	munmap(tw->mem, race_size);
+	tw->mem = NULL;
+}
+
+/*
  * smm (lazy modes): a slot of the SMM address space with the same id as a
  * slot of address space 0 is pending apart from it: logging enabled again
  * on it cancels its collapse only, and the other one is collapsed.
@@ -1618,33 +1651,27 @@ static void test_resume(void)
 static void test_smm(void)
 {
 	struct test_vm *t = create_test_vm(race_size);
-	uint32_t smm_slot = (1 << 16) | slot_id(0);
+	struct smm_twin tw;
 	struct slot_trace st;
 	uint64_t before;
-	void *mem;
 
 	TEST_REQUIRE(kvm_check_cap(KVM_CAP_MULTI_ADDRESS_SPACE) >= 2);
 	TEST_ASSERT(vm_mode(t->vm) != KVM_X86_COLLAPSE_SYNC,
 		    "smm needs a lazy mode (kvm.collapse_mode)");
 	set_collapse(t->vm, KVM_X86_COLLAPSE_SET_DELAY, 0, 3600000, 0);
-	mem = mmap(NULL, race_size, PROT_READ | PROT_WRITE,
-		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	TEST_ASSERT(mem != MAP_FAILED, "mmap");
-	vm_set_user_memory_region(t->vm, smm_slot, 0, TEST_GPA, race_size, mem);
+	smm_twin_add(t, &tw);
 	trace_start();
 	pass(t, 1, GUEST_WRITE);
 	before = huge_2m(t);
 
 	split_all(t, 2);
-	vm_set_user_memory_region(t->vm, smm_slot, KVM_MEM_LOG_DIRTY_PAGES,
-				  TEST_GPA, race_size, mem);
-	vm_set_user_memory_region(t->vm, smm_slot, 0, TEST_GPA, race_size, mem);
+	smm_twin_logging(t, &tw, true);
+	smm_twin_logging(t, &tw, false);
 	set_logging(t, 0, false);
 	TEST_ASSERT_EQ(stat_of(t, "collapse_pending_slots"), 2);
 
 	/* Logging again on the SMM slot cancels its collapse, not the other. */
-	vm_set_user_memory_region(t->vm, smm_slot, KVM_MEM_LOG_DIRTY_PAGES,
-				  TEST_GPA, race_size, mem);
+	smm_twin_logging(t, &tw, true);
 	TEST_ASSERT_EQ(stat_of(t, "collapse_pending_slots"), 1);
 	TEST_ASSERT_EQ(stat_of(t, "collapse_cancelled"), 1);
 	TEST_ASSERT_EQ(collapse_now(t->vm, 0), 0);
@@ -1659,8 +1686,7 @@ static void test_smm(void)
 	TEST_ASSERT_EQ(huge_2m(t), before);
 	trace_stop();
 
-	vm_set_user_memory_region(t->vm, smm_slot, 0, 0, 0, NULL);
-	munmap(mem, race_size);
+	smm_twin_delete(t, &tw);
 	free_test_vm(t);
 }
 
@@ -1681,18 +1707,11 @@ static void test_smm(void)
  * slot, just after it: two collapses pending, the slot's first, that the
  * actions on the slot must keep apart.
  */
-struct races_twin {
-	uint32_t slot;
-	void *mem;
-};
-
-static void races_logging(struct test_vm *t, struct races_twin *tw, bool on)
+static void races_logging(struct test_vm *t, struct smm_twin *tw, bool on)
 {
 	set_logging(t, 0, on);
 	if (tw->mem)
-		vm_set_user_memory_region(t->vm, tw->slot,
-					  on ? KVM_MEM_LOG_DIRTY_PAGES : 0,
-					  TEST_GPA, race_size, tw->mem);
+		smm_twin_logging(t, tw, on);
 }
 
 static void test_races(void)
@@ -1703,7 +1722,7 @@ static void test_races(void)
 	};
 	static const char * const states[] = { "pending", "running", "done" };
 	struct test_vm *t = create_test_vm(race_size);
-	struct races_twin tw = { .slot = (1 << 16) | slot_id(0) };
+	struct smm_twin tw = {};
 	int mode = vm_mode(t->vm);
 	int hits[8][3] = { 0 };
 	uint64_t stops = 0, iter = 1, pending;
@@ -1712,11 +1731,7 @@ static void test_races(void)
 	char buf[16];
 
 	if (kvm_check_cap(KVM_CAP_MULTI_ADDRESS_SPACE) >= 2) {
-		tw.mem = mmap(NULL, race_size, PROT_READ | PROT_WRITE,
-			      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		TEST_ASSERT(tw.mem != MAP_FAILED, "mmap");
-		vm_set_user_memory_region(t->vm, tw.slot, 0, TEST_GPA,
-					  race_size, tw.mem);
+		smm_twin_add(t, &tw);
 		slots = 2;
 	} else {
 		ksft_print_msg("races: no SMM address space, no twin slot\n");
@@ -1845,10 +1860,8 @@ static void test_races(void)
 	pass(t, iter, GUEST_CHECK);
 	pass(t, ++iter, GUEST_WRITE);
 	check_pass(t, iter, false);
-	if (tw.mem) {
-		vm_set_user_memory_region(t->vm, tw.slot, 0, 0, 0, NULL);
-		munmap(tw.mem, race_size);
-	}
+	if (tw.mem)
+		smm_twin_delete(t, &tw);
 	free_test_vm(t);
 }
 
