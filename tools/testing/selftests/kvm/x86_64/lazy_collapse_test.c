@@ -39,9 +39,11 @@
  *            pending and cancelled apart;
  *  races:    re-enabling of logging, mode switches, collapse_now storms,
  *            slot moves and deletes, each while a collapse is pending and
- *            while one is running, beside a slot of the same id in the SMM
- *            address space: no dirty page is missed, guest memory is
- *            intact, every stop ends as one collapse or one cancel;
+ *            while one is running, on one of two slots that log together,
+ *            beside a slot of the same id in the SMM address space: no
+ *            dirty page is missed, guest memory is intact, the other
+ *            slots' collapses are kept, every stop ends as one collapse or
+ *            one cancel;
  *  teardown: VMs destroyed (also through a debugfs file holding the last
  *            reference) with a collapse pending or running: their worker
  *            and debugfs directory are gone, and (-k) kmemleak finds
@@ -129,7 +131,7 @@ struct test_vm {
 	uint64_t slot_gpa[MAX_SLOTS];
 	uint64_t slot_size[MAX_SLOTS];
 	uint64_t npages;	/* 4KiB pages of all test slots */
-	unsigned long *bitmap;	/* the first slot's dirty log */
+	unsigned long *bitmap;	/* a slot's dirty log (the largest slot's size) */
 };
 
 /*
@@ -233,7 +235,7 @@ static void add_slot(struct test_vm *t, int i, uint64_t gpa)
 static struct test_vm *create_vm(const uint64_t *sizes)
 {
 	struct test_vm *t = calloc(1, sizeof(*t));
-	uint64_t gpa = TEST_GPA;
+	uint64_t gpa = TEST_GPA, largest = 0;
 	int i;
 
 	TEST_ASSERT(t, "calloc");
@@ -248,12 +250,13 @@ static struct test_vm *create_vm(const uint64_t *sizes)
 		 */
 		virt_map_level(t->vm, gpa, gpa, sizes[i], PG_LEVEL_2M);
 		gpa += sizes[i];
+		largest = max(largest, sizes[i]);
 	}
 	t->nr_slots = i;
 	t->npages = (gpa - TEST_GPA) / PAGE_SIZE;
 	for (i = 0; i < nr_vcpus; i++)
 		vcpu_args_set(t->vcpus[i], 4, TEST_GPA, t->npages, i, nr_vcpus);
-	t->bitmap = bitmap_zalloc(t->slot_size[0] / PAGE_SIZE);
+	t->bitmap = bitmap_zalloc(largest / PAGE_SIZE);
 	return t;
 }
 
@@ -1143,28 +1146,37 @@ static void test_restore(void)
 }
 
 /*
- * Check the pass that wrote @iter to every page of the first test slot, from
- * the host: each page holds what the guest wrote, and, if logging was on,
- * each page is in the dirty log.
+ * Check the pass that wrote @iter to every page of the test slots, from the
+ * host: each page holds what the guest wrote, and, if logging was on, each
+ * page is in its slot's dirty log (which this clears).
  */
 static void check_pass(struct test_vm *t, uint64_t iter, bool logging)
 {
-	uint64_t i, npages = t->slot_size[0] / PAGE_SIZE, missed = 0;
-	uint64_t *hva = addr_gpa2hva(t->vm, TEST_GPA);
+	uint64_t i, first, npages, missed;
+	uint64_t *hva;
+	int s;
 
-	if (logging)
-		kvm_vm_get_dirty_log(t->vm, slot_id(0), t->bitmap);
-	for (i = 0; i < npages; i++) {
-		uint64_t v = hva[i * PAGE_SIZE / sizeof(*hva)];
+	for (s = 0; s < t->nr_slots; s++) {
+		first = (t->slot_gpa[s] - TEST_GPA) / PAGE_SIZE;
+		npages = t->slot_size[s] / PAGE_SIZE;
+		hva = addr_gpa2hva(t->vm, t->slot_gpa[s]);
+		missed = 0;
+		if (logging)
+			kvm_vm_get_dirty_log(t->vm, slot_id(s), t->bitmap);
+		for (i = 0; i < npages; i++) {
+			uint64_t v = hva[i * PAGE_SIZE / sizeof(*hva)];
+			uint64_t want = iter << 32 | (first + i);
 
-		TEST_ASSERT(v == (iter << 32 | i),
-			    "Page %lu holds 0x%lx, the guest wrote 0x%lx",
-			    i, v, iter << 32 | i);
-		if (logging && !test_bit(i, t->bitmap))
-			missed++;
+			TEST_ASSERT(v == want,
+				    "Slot %d page %lu holds 0x%lx, the guest wrote 0x%lx",
+				    slot_id(s), i, v, want);
+			if (logging && !test_bit(i, t->bitmap))
+				missed++;
+		}
+		TEST_ASSERT(!missed,
+			    "Slot %d: %lu of %lu written pages missing from the dirty log",
+			    slot_id(s), missed, npages);
 	}
-	TEST_ASSERT(!missed, "%lu of %lu written pages missing from the dirty log",
-		    missed, npages);
 }
 
 /*
@@ -1611,21 +1623,23 @@ static void test_resume(void)
 }
 
 /*
- * A memslot with the id of test slot 0 in the SMM address space, at the same
- * GPA, backed by memory of its own that no vCPU maps (none enters SMM).
+ * A memslot with the id, GPA and size of test slot 0 in the SMM address
+ * space, backed by memory of its own that no vCPU maps (none enters SMM).
  */
 struct smm_twin {
 	uint32_t slot;
+	uint64_t size;
 	void *mem;
 };
 
 static void smm_twin_add(struct test_vm *t, struct smm_twin *tw)
 {
 	tw->slot = (1 << 16) | slot_id(0);
-	tw->mem = mmap(NULL, race_size, PROT_READ | PROT_WRITE,
+	tw->size = t->slot_size[0];
+	tw->mem = mmap(NULL, tw->size, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	TEST_ASSERT(tw->mem != MAP_FAILED, "mmap");
-	vm_set_user_memory_region(t->vm, tw->slot, 0, TEST_GPA, race_size,
+	vm_set_user_memory_region(t->vm, tw->slot, 0, TEST_GPA, tw->size,
 				  tw->mem);
 }
 
@@ -1633,13 +1647,13 @@ static void smm_twin_logging(struct test_vm *t, struct smm_twin *tw, bool on)
 {
 	vm_set_user_memory_region(t->vm, tw->slot,
 				  on ? KVM_MEM_LOG_DIRTY_PAGES : 0, TEST_GPA,
-				  race_size, tw->mem);
+				  tw->size, tw->mem);
 }
 
 static void smm_twin_delete(struct test_vm *t, struct smm_twin *tw)
 {
 	vm_set_user_memory_region(t->vm, tw->slot, 0, 0, 0, NULL);
-	munmap(tw->mem, race_size);
+	munmap(tw->mem, tw->size);
 	tw->mem = NULL;
 }
 
@@ -1691,8 +1705,9 @@ static void test_smm(void)
 }
 
 /*
- * races: each iteration dirties the slot with logging on, checks the dirty
- * log and the memory, stops logging, then does one of 8 actions, in turn,
+ * races: two slots (-r split between them) log together.  Each iteration
+ * dirties them with logging on, checks the dirty logs and the memory, stops
+ * logging on both, then does one of 8 actions on the first, in turn,
  * while the collapse is pending (a 1 s delay, or ondemand) or, every other
  * round of 8, once the worker runs it (collapse_now, collapse_started_slots
  * seen; a long collapse_pause_pct keeps it running), sometimes with the
@@ -1702,16 +1717,31 @@ static void test_smm(void)
  * (pending, running, or already done, as in sync mode) is reported; action
  * 3 puts the VM's mode back after its switches, so that in a lazy mode 16
  * iterations hit each action once pending and once running, as asserted.
- * Where the VM has an SMM address space, a slot of the same id there (which
- * no vCPU maps: nothing to collapse) starts and stops logging with the
- * slot, just after it: two collapses pending, the slot's first, that the
- * actions on the slot must keep apart.
+ * Where the VM has an SMM address space, a slot with the first slot's id
+ * there (which no vCPU maps: nothing to collapse) starts and stops logging
+ * with the two, just after them: three collapses pending, the first slot's
+ * first, that a move or delete of the first slot must keep apart (in
+ * ondemand mode, where nothing runs by itself, the other two stay pending).
  */
 static void races_logging(struct test_vm *t, struct smm_twin *tw, bool on)
 {
-	set_logging(t, 0, on);
+	int i;
+
+	for (i = 0; i < t->nr_slots; i++)
+		set_logging(t, i, on);
 	if (tw->mem)
 		smm_twin_logging(t, tw, on);
+}
+
+static void races_kept(struct test_vm *t, int slots, bool ondemand_pending,
+		       const char *what)
+{
+	uint64_t pending = stat_of(t, "collapse_pending_slots");
+
+	/* The other slots' collapses, at most, are left; all in ondemand. */
+	TEST_ASSERT(ondemand_pending ? pending == slots - 1 : pending <= slots - 1,
+		    "%lu of %d collapses pending after the %s", pending, slots,
+		    what);
 }
 
 static void test_races(void)
@@ -1721,18 +1751,20 @@ static void test_races(void)
 		"move", "delete", "batch changes", "stop while writing",
 	};
 	static const char * const states[] = { "pending", "running", "done" };
-	struct test_vm *t = create_test_vm(race_size);
+	uint64_t half = race_size / 2 & ~(SMALL_SIZE - 1);
+	uint64_t sizes[] = { race_size - half, half, 0 };
+	struct test_vm *t = create_vm(sizes);
 	struct smm_twin tw = {};
 	int mode = vm_mode(t->vm);
 	int hits[8][3] = { 0 };
-	uint64_t stops = 0, iter = 1, pending;
+	uint64_t stops = 0, iter = 1;
 	bool logging = false;
-	int i, j, slots = 1;
+	int i, j, slots = t->nr_slots;
 	char buf[16];
 
 	if (kvm_check_cap(KVM_CAP_MULTI_ADDRESS_SPACE) >= 2) {
 		smm_twin_add(t, &tw);
-		slots = 2;
+		slots++;
 	} else {
 		ksft_print_msg("races: no SMM address space, no twin slot\n");
 	}
@@ -1744,13 +1776,15 @@ static void test_races(void)
 	for (i = 0; i < iterations; i++) {
 		int action = i % 8, state;
 		bool running = (i / 8) % 2;
+		bool od_pending = mode == KVM_X86_COLLAPSE_ONDEMAND && !running;
 
 		if (!logging) {
 			races_logging(t, &tw, true);
 			logging = true;
 		}
-		/* Clear what earlier passes left in the log. */
-		kvm_vm_get_dirty_log(t->vm, slot_id(0), t->bitmap);
+		/* Clear what earlier passes left in the logs. */
+		for (j = 0; j < t->nr_slots; j++)
+			kvm_vm_get_dirty_log(t->vm, slot_id(j), t->bitmap);
 		pass(t, ++iter, GUEST_WRITE);
 		check_pass(t, iter, true);
 
@@ -1762,8 +1796,8 @@ static void test_races(void)
 		races_logging(t, &tw, false);
 		logging = false;
 		stops += slots;
-		/* Nothing starts by itself in ondemand mode: both pending. */
-		if (mode == KVM_X86_COLLAPSE_ONDEMAND && !running)
+		/* Nothing starts by itself in ondemand mode: all pending. */
+		if (od_pending)
 			TEST_ASSERT_EQ(stat_of(t, "collapse_pending_slots"), slots);
 		if (running) {
 			vm_set(t->vm, "collapse_now", "1");
@@ -1807,17 +1841,12 @@ static void test_races(void)
 		case 4:	/* move the slot away and back: memory must not change */
 			vm_mem_region_move(t->vm, slot_id(0), MOVED_GPA);
 			vm_mem_region_move(t->vm, slot_id(0), TEST_GPA);
-			/* The twin's collapse, at most, is left. */
-			pending = stat_of(t, "collapse_pending_slots");
-			TEST_ASSERT(pending <= slots - 1,
-				    "%lu collapses pending after the move", pending);
+			races_kept(t, slots, od_pending, "move");
 			check_pass(t, iter, false);
 			break;
 		case 5:	/* delete and re-create the slot (fresh memory) */
 			vm_mem_region_delete(t->vm, slot_id(0));
-			pending = stat_of(t, "collapse_pending_slots");
-			TEST_ASSERT(pending <= slots - 1,
-				    "%lu collapses pending after the delete", pending);
+			races_kept(t, slots, od_pending, "delete");
 			add_slot(t, 0, TEST_GPA);
 			pass(t, iter, GUEST_WRITE);
 			break;
@@ -2062,7 +2091,8 @@ static void help(const char *name)
 	puts(". Default: all");
 	puts(" -b: size of the large slot of stoptime, restore and inplace\n"
 	     "     (default 1G)");
-	puts(" -r: size of the slots of the other subtests (default 64M)");
+	puts(" -r: size of the slots of the other subtests (default 64M;\n"
+	     "     races splits it between its two slots)");
 	backing_src_help("-s");
 	puts(" -v: vCPUs touching memory (default 2)");
 	puts(" -i: iterations of races and teardown (default 20; races asserts\n"
