@@ -22,6 +22,10 @@ mutant lazy-is-sync mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
 mutant no-cancel mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
 	'lazy_collapse_(races|smm)' \
 	'/^void kvm_mmu_collapse_cancel/,/^}/s/^\tif (!s)$/\tif (1)/'
+# A memslot update cancels every pending collapse of the VM, not its own.
+mutant cancel-all mmu/collapse.c 'deferred ondemand' lazy_collapse.list '' \
+	'lazy_collapse_(races|smm)' \
+	'/^void kvm_mmu_collapse_cancel/,/^}/s/^\tkvm_collapse_remove(kvm, index, s, true);$/\txa_for_each(\&kvm->arch.collapse.pending, index, s) kvm_collapse_remove(kvm, index, s, true);/'
 # Deferred mode never queues the worker: nothing comes back.
 mutant no-queue mmu/collapse.c 'deferred' lazy_collapse.list '' \
 	'lazy_collapse_(restore_thp|starve)' \

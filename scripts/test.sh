@@ -8,8 +8,7 @@ each_target_its_own
 # NAME|TARGET|CONFIG|DEFAULT|BOOT ARGUMENTS|TEST LISTS|DESCRIPTION.
 # TARGET: the kernel (scripts/lib.sh): the full matrix runs on the primary
 # target, mainline 7.3; the 6.12.y backport gets its series checked and our
-# tests run on the TDP MMU (series-6.12, tdp-6.12: not by default yet, for
-# time: a third cold kernel build and 12 per-patch builds, and a boot).
+# tests run on the TDP MMU (series-6.12, tdp-6.12).
 # DEFAULT "no": run only when asked for (--stage). A series stage (CONFIG -)
 # boots nothing. The series checks and kernel builds run one after another
 # in the background, niced; a stage boots as soon as its kernel is built,
@@ -18,10 +17,10 @@ each_target_its_own
 # one host thread (docs/test-bed.md), so a VM takes one core.
 STAGES=(
 	'series|7.3|-|yes|||checkpatch, patches/7.3/ == linux/, every patch builds (check-series.sh)'
-	'series-6.12|6.12|-|no|||checkpatch, patches/6.12/ == linux-6.12/, every patch builds'
+	'series-6.12|6.12|-|yes|||checkpatch, patches/6.12/ == linux-6.12/, every patch builds'
 	'tdp|7.3|test|yes|hugepagesz=1G hugepages=2|upstream.list lazy_collapse.list|TDP MMU: upstream dirty-log and memslot tests, and ours, in every mode'
 	'debug|7.3|debug|yes||lazy_collapse_debug.list debug-upstream.list|KASAN, lockdep, kmemleak, ... (boot.sh adds no5lvl): our tests in every mode (but those of debug1g), upstream dirty-log and memslot tests'
-	'tdp-6.12|6.12|test|no|hugepagesz=1G hugepages=2|lazy_collapse.list|6.12.y, TDP MMU: our tests in every mode'
+	'tdp-6.12|6.12|test|yes|hugepagesz=1G hugepages=2|lazy_collapse.list|6.12.y, TDP MMU: our tests in every mode'
 	'vmm|7.3|test|yes||vmm.list|a real VMM: Debian QEMU (the host root over 9p) migrates a guest, the migration fails, is cancelled, retried or resumed, over QMP in every mode and through libvirt in deferred mode (scripts/vmm/scenario.py)'
 	'debug1g|7.3|debug|yes|hugepagesz=1G hugepages=2|lazy_collapse_debug_1g.list|debug kernel: our 1 GiB tests, and resume and teardown, in every mode'
 	'debug-shadow|7.3|debug|yes|kvm.tdp_mmu=N|lazy_collapse_debug_shadow.list|debug kernel, shadow MMU (rmap walk): our tests in every mode'
@@ -48,11 +47,11 @@ stages need (scripts/prepare.sh: linux/ for 7.3, linux-6.12/ for 6.12), then
 run the stages (default: $ALL_STAGES;
 the others only with --stage):
 $(for n in $KNOWN_STAGES; do
-	printf '  %-12s' "$n"
+	printf '  %-12s ' "$n"
 	{ [ "${S_CONFIG[$n]}" = - ] || printf '[%s %s kernel%s%s] ' "${S_TARGET[$n]}" "${S_CONFIG[$n]}" \
 		"${S_APPEND[$n]:+, booted with ${S_APPEND[$n]}}" \
 		"${S_LISTS[$n]:+; scripts/tests/: ${S_LISTS[$n]}}"
-	  echo "${S_WHAT[$n]}"; } | fold -s -w 64 | sed 's/ *$//; 2,$s/^/              /'
+	  echo "${S_WHAT[$n]}"; } | fold -s -w 63 | sed 's/ *$//; 2,$s/^/               /'
 done)
 The series checks and kernel builds run one after another, niced; each
 stage boots as soon as its kernel is built: one VM at a time while builds
